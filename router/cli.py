@@ -1,0 +1,80 @@
+"""Router entry point: connect to the shards, warm them up, then serve HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+
+from aiohttp import web
+
+from router.batcher import Batcher, SchedulerConfig
+from router.config import RouterConfig
+from router.logs import setup_logging
+from router.queue import blocks_for
+from router.server import Router
+from router.shard_client import ShardClient
+from router.validation import ValidationLimits, Validator, load_tokenizer
+
+log = logging.getLogger("router")
+
+
+async def start(config: RouterConfig) -> None:
+    tokenizer = load_tokenizer(config.tokenizer_dir)
+    client = await ShardClient.connect(config.shard_uds_path)
+    info = await client.info()
+    log.info("connected to %d shard(s): %s on %s, block size %d", client.world_size, info.dtype,
+             info.device_type, info.block_size)
+    supported = await client.warmup(config.max_input_tokens, config.max_batch_prefill_tokens,
+                                    config.max_total_tokens)
+    max_batch_total = min(supported, config.max_batch_total_tokens or supported)
+    needed = blocks_for(config.max_total_tokens, info.block_size) * info.block_size
+    if max_batch_total < needed:
+        raise SystemExit(
+            f"the KV cache holds {max_batch_total} tokens, less than one request of --max-total-tokens "
+            f"{config.max_total_tokens} needs ({needed}): raise --kv-cache-bytes or lower --max-total-tokens"
+        )
+    log.info("max batch total tokens: %d", max_batch_total)
+    batcher = Batcher(client, SchedulerConfig(
+        max_batch_prefill_tokens=config.max_batch_prefill_tokens, max_batch_total_tokens=max_batch_total,
+        block_size=info.block_size, waiting_served_ratio=config.waiting_served_ratio,
+        max_waiting_tokens=config.max_waiting_tokens, max_batch_size=config.max_batch_size,
+    ))
+    validator = Validator(tokenizer, ValidationLimits(
+        max_input_tokens=config.max_input_tokens, max_total_tokens=config.max_total_tokens,
+        max_stop_sequences=config.max_stop_sequences, max_top_n_tokens=config.max_top_n_tokens,
+        max_best_of=config.max_best_of,
+    ))
+    router = Router(config, validator, batcher, client, max_batch_total)
+    loop_task = asyncio.create_task(batcher.run(), name="batcher")
+    # A client that disconnects cancels its handler, which takes its request out of the batch.
+    runner = web.AppRunner(router.app(), handler_cancellation=True, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, config.hostname, config.port)
+    await site.start()
+    router.ready = True
+    log.info("router listening on http://%s:%d", config.hostname, config.port)
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+    done, _ = await asyncio.wait([asyncio.create_task(stop.wait()), loop_task],
+                                 return_when=asyncio.FIRST_COMPLETED)
+    if loop_task in done and loop_task.exception() is not None:
+        log.error("batcher crashed: %r", loop_task.exception())
+        await runner.cleanup()
+        sys.exit(1)
+    loop_task.cancel()
+    await runner.cleanup()
+    await client.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    config = RouterConfig.parse(argv)
+    setup_logging(config.json_output, os.environ.get("LOG_LEVEL", "INFO"))
+    asyncio.run(start(config))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,66 @@
+"""Router settings, fixed at start-up from the command line the launcher builds."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class RouterConfig:
+    model_id: str
+    tokenizer_dir: Path
+    shard_uds_path: str
+    hostname: str
+    port: int
+    max_concurrent_requests: int
+    max_best_of: int
+    max_stop_sequences: int
+    max_top_n_tokens: int
+    max_input_tokens: int
+    max_total_tokens: int
+    waiting_served_ratio: float
+    max_batch_prefill_tokens: int
+    max_batch_total_tokens: int | None
+    max_waiting_tokens: int
+    max_batch_size: int | None
+    max_client_batch_size: int
+    payload_limit: int
+    json_output: bool
+
+    @classmethod
+    def parse(cls, argv: list[str] | None = None) -> RouterConfig:
+        p = argparse.ArgumentParser(description="tgi-py router: HTTP in front of the shards")
+        p.add_argument("--model-id", default="tgi-py")
+        p.add_argument("--tokenizer-dir", type=Path, required=True)
+        p.add_argument("--shard-uds-path", default="/tmp/text-generation-server")
+        p.add_argument("--hostname", default="127.0.0.1")
+        p.add_argument("--port", type=int, default=3000)
+        p.add_argument("--max-concurrent-requests", type=int, default=128)
+        p.add_argument("--max-best-of", type=int, default=2)
+        p.add_argument("--max-stop-sequences", type=int, default=4)
+        p.add_argument("--max-top-n-tokens", type=int, default=5)
+        p.add_argument("--max-input-tokens", type=int, default=4095)
+        p.add_argument("--max-total-tokens", type=int, default=4096)
+        p.add_argument("--waiting-served-ratio", type=float, default=0.3)
+        p.add_argument("--max-batch-prefill-tokens", type=int, default=None)
+        p.add_argument("--max-batch-total-tokens", type=int, default=None)
+        p.add_argument("--max-waiting-tokens", type=int, default=20)
+        p.add_argument("--max-batch-size", type=int, default=None)
+        p.add_argument("--max-client-batch-size", type=int, default=4)
+        p.add_argument("--payload-limit", type=int, default=2_000_000)
+        p.add_argument("--json-output", action="store_true")
+        a = p.parse_args(argv)
+        prefill = a.max_batch_prefill_tokens or a.max_input_tokens + 50
+        return cls(
+            model_id=a.model_id, tokenizer_dir=a.tokenizer_dir, shard_uds_path=a.shard_uds_path,
+            hostname=a.hostname, port=a.port, max_concurrent_requests=a.max_concurrent_requests,
+            max_best_of=a.max_best_of, max_stop_sequences=a.max_stop_sequences,
+            max_top_n_tokens=a.max_top_n_tokens, max_input_tokens=a.max_input_tokens,
+            max_total_tokens=a.max_total_tokens, waiting_served_ratio=a.waiting_served_ratio,
+            max_batch_prefill_tokens=prefill, max_batch_total_tokens=a.max_batch_total_tokens,
+            max_waiting_tokens=a.max_waiting_tokens, max_batch_size=a.max_batch_size,
+            max_client_batch_size=a.max_client_batch_size, payload_limit=a.payload_limit,
+            json_output=a.json_output,
+        )

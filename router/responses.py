@@ -1,0 +1,57 @@
+"""JSON bodies and SSE events of the TGI-native routes, built from stream events."""
+
+from __future__ import annotations
+
+import json
+
+from aiohttp import web
+
+from router.stream import Finished, TokenEvent
+from router.types import ValidRequest
+
+
+def error_response(status: int, message: str, error_type: str, headers: dict | None = None) -> web.Response:
+    # json_response sets Content-Length, which huggingface_hub's async client needs to map 429 well.
+    return web.json_response({"error": message, "error_type": error_type}, status=status, headers=headers)
+
+
+def sse(data: dict | str) -> bytes:
+    payload = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False, allow_nan=False)
+    return f"data:{payload}\n\n".encode()
+
+
+def full_text(request: ValidRequest, text: str) -> str:
+    return request.inputs + text if request.return_full_text else text
+
+
+def generate_body(request: ValidRequest, events: list[TokenEvent], finished: Finished) -> dict:
+    body: dict = {"generated_text": full_text(request, finished.generated_text)}
+    if request.details:
+        details: dict = {
+            "finish_reason": finished.finish_reason,
+            "generated_tokens": finished.generated_tokens,
+            "seed": finished.seed,
+            "prefill": [t.to_json() for t in events[0].prefill] if events else [],
+            "tokens": [e.token.to_json() for e in events],
+        }
+        if request.top_n_tokens:
+            details["top_tokens"] = [[t.to_json() for t in e.top_tokens] for e in events]
+        body["details"] = details
+    return body
+
+
+def stream_event(request: ValidRequest, event: TokenEvent) -> dict:
+    data: dict = {"index": event.index, "token": event.token.to_json()}
+    if event.top_tokens:
+        data["top_tokens"] = [t.to_json() for t in event.top_tokens]
+    finished = event.finished
+    data["generated_text"] = None if finished is None else full_text(request, finished.generated_text)
+    data["details"] = None
+    if finished is not None and request.details:
+        data["details"] = {
+            "finish_reason": finished.finish_reason,
+            "generated_tokens": finished.generated_tokens,
+            "seed": finished.seed,
+            "input_length": request.input_length,
+        }
+    return data

@@ -1,0 +1,197 @@
+"""HTTP routes of the router (aiohttp): admission, validation, queueing and SSE writing."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from router.admission import Admission
+from router.batcher import Batcher
+from router.config import RouterConfig
+from router.queue import Entry
+from router.responses import error_response, generate_body, sse, stream_event
+from router.shard_client import ShardClient, ShardError
+from router.stream import ErrorEvent, TokenEvent
+from router.types import ValidRequest
+from router.validation import ValidationError, Validator, parse_generate_request
+
+log = logging.getLogger("router.server")
+VERSION = "0.1.0"
+ERROR_STATUS = {"generation": 424, "incomplete_generation": 500}
+
+
+class GenerationFailed(Exception):
+    def __init__(self, event: ErrorEvent) -> None:
+        super().__init__(event.message)
+        self.event = event
+
+
+class Router:
+    def __init__(self, config: RouterConfig, validator: Validator, batcher: Batcher, client: ShardClient,
+                 max_batch_total_tokens: int) -> None:
+        self.config = config
+        self.validator = validator
+        self.batcher = batcher
+        self.client = client
+        self.admission = Admission(config.max_concurrent_requests)
+        self.max_batch_total_tokens = max_batch_total_tokens
+        self.ready = False
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=self.config.payload_limit)
+        app.add_routes([
+            web.post("/generate", self.generate),
+            web.post("/generate_stream", self.generate_stream),
+            web.post("/", self.compat_generate),
+            web.post("/tokenize", self.tokenize),
+            web.get("/info", self.info),
+            web.get("/health", self.health),
+        ])
+        return app
+
+    # ---- shared steps -------------------------------------------------------------------------
+    async def _read_json_body(self, request: web.Request) -> bytes:
+        try:
+            return await request.read()
+        except web.HTTPRequestEntityTooLarge as exc:
+            raise ValidationError(f"payload is larger than the limit of {self.config.payload_limit} bytes") from exc
+
+    async def _validate(self, body: bytes, stream: bool | None) -> tuple[ValidRequest, bool]:
+        parsed = parse_generate_request(body)
+        streaming = parsed.stream if stream is None else stream
+        valid = await asyncio.to_thread(self.validator.validate, parsed, stream=streaming)
+        return valid, streaming
+
+    def _overloaded(self) -> web.Response:
+        return error_response(429, "Model is overloaded", "overloaded", headers={"Retry-After": "1"})
+
+    async def _events(self, entry: Entry) -> AsyncIterator[TokenEvent]:
+        while True:
+            event = await entry.stream.next_event()
+            if isinstance(event, ErrorEvent):
+                raise GenerationFailed(event)
+            yield event
+            if event.finished is not None:
+                return
+
+    async def _admitted(self, request: web.Request, stream: bool | None) -> web.StreamResponse:
+        """Admission, validation, queueing, then the answer in the shape the route asks for."""
+        if not self.admission.try_acquire():
+            return self._overloaded()
+        entry: Entry | None = None
+        try:
+            body = await self._read_json_body(request)
+            valid, streaming = await self._validate(body, stream)
+            entry = self.batcher.submit(valid)
+            if streaming:
+                return await self._stream(request, valid, entry)
+            return await self._complete(valid, entry, as_list=stream is None)
+        except ValidationError as exc:
+            status = 413 if "payload is larger" in str(exc) else 422
+            return error_response(status, str(exc), "validation")
+        except GenerationFailed as exc:
+            return error_response(ERROR_STATUS.get(exc.event.error_type, 424), exc.event.message,
+                                  exc.event.error_type)
+        finally:
+            if entry is not None and not entry.stream.done:
+                self.batcher.cancel(entry)
+            self.admission.release()
+
+    async def _complete(self, valid: ValidRequest, entry: Entry, as_list: bool) -> web.Response:
+        start = time.monotonic()
+        events = [e async for e in self._events(entry)]
+        finished = events[-1].finished
+        assert finished is not None
+        body = generate_body(valid, events, finished)
+        return web.json_response([body] if as_list else body, headers=self._timing_headers(valid, entry, start,
+                                                                                          finished.generated_tokens))
+
+    def _timing_headers(self, valid: ValidRequest, entry: Entry, start: float, generated: int) -> dict:
+        now = time.monotonic()
+        queue = (entry.batched_at or now) - entry.queued_at
+        inference = now - (entry.batched_at or now)
+        total = now - start + valid.validation_seconds
+        return {
+            "x-compute-type": "cpu", "x-compute-time": f"{total:.6f}", "x-total-time": str(int(total * 1000)),
+            "x-validation-time": str(int(valid.validation_seconds * 1000)), "x-queue-time": str(int(queue * 1000)),
+            "x-inference-time": str(int(inference * 1000)),
+            "x-time-per-token": str(int(inference * 1000 / max(generated, 1))),
+            "x-prompt-tokens": str(valid.input_length), "x-generated-tokens": str(generated),
+        }
+
+    async def _stream(self, request: web.Request, valid: ValidRequest, entry: Entry) -> web.StreamResponse:
+        events = self._events(entry)
+        # Wait for the first token before sending headers, so an early failure is a real HTTP status.
+        first = await events.__anext__()
+        response = web.StreamResponse(headers={
+            "Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no",
+        })
+        await response.prepare(request)
+        try:
+            await response.write(sse(stream_event(valid, first)))
+            if first.finished is None:
+                async for event in events:
+                    await response.write(sse(stream_event(valid, event)))
+        except GenerationFailed as exc:
+            await response.write(sse({"error": exc.event.message, "error_type": exc.event.error_type}))
+        except ConnectionResetError:
+            log.info("request %d: client went away mid-stream", entry.id)
+            return response
+        await response.write_eof()
+        return response
+
+    # ---- routes -------------------------------------------------------------------------------
+    async def generate(self, request: web.Request) -> web.StreamResponse:
+        return await self._admitted(request, stream=False)
+
+    async def generate_stream(self, request: web.Request) -> web.StreamResponse:
+        return await self._admitted(request, stream=True)
+
+    async def compat_generate(self, request: web.Request) -> web.StreamResponse:
+        # POST /: the body's own `stream` decides; non-streaming answers a one-element list.
+        return await self._admitted(request, stream=None)
+
+    async def tokenize(self, request: web.Request) -> web.Response:
+        try:
+            body = json.loads(await self._read_json_body(request))
+            if not isinstance(body, dict) or not isinstance(body.get("inputs"), str):
+                raise ValidationError("`inputs` must be a string")
+            add_special = body.get("add_special_tokens", True)
+            tokens = await asyncio.to_thread(self.validator.tokenize, body["inputs"], bool(add_special))
+        except json.JSONDecodeError as exc:
+            return error_response(422, f"Failed to parse the request body as JSON: {exc}", "validation")
+        except ValidationError as exc:
+            return error_response(422, str(exc), "validation")
+        return web.json_response(tokens)
+
+    async def info(self, request: web.Request) -> web.Response:
+        c = self.config
+        return web.json_response({
+            "model_id": c.model_id, "model_sha": None, "model_pipeline_tag": "text-generation",
+            "model_dtype": None, "model_device_type": "cpu",
+            "max_concurrent_requests": c.max_concurrent_requests, "max_best_of": c.max_best_of,
+            "max_stop_sequences": c.max_stop_sequences, "max_input_tokens": c.max_input_tokens,
+            "max_total_tokens": c.max_total_tokens, "validation_workers": 1,
+            "max_client_batch_size": c.max_client_batch_size, "router": "tgi-py", "version": VERSION,
+            "sha": None, "docker_label": None,
+            "max_batch_total_tokens": self.max_batch_total_tokens,
+            "max_batch_prefill_tokens": c.max_batch_prefill_tokens,
+            "waiting_served_ratio": c.waiting_served_ratio, "max_waiting_tokens": c.max_waiting_tokens,
+            "max_batch_size": c.max_batch_size,
+        })
+
+    async def health(self, request: web.Request) -> web.Response:
+        if not self.ready:
+            return error_response(503, "the server is starting", "unhealthy")
+        if not self.batcher.healthy:
+            return error_response(503, "a shard failed; the server cannot generate", "unhealthy")
+        try:
+            await self.client.health(timeout=5.0)
+        except ShardError as exc:
+            return error_response(503, str(exc), "unhealthy")
+        return web.Response(status=200)

@@ -1,0 +1,73 @@
+"""What the batcher tells a waiting HTTP handler: tokens as they come, then an end or an error."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+FINISH_REASONS = {0: "length", 1: "eos_token", 2: "stop_sequence"}
+
+
+@dataclass(frozen=True)
+class Token:
+    id: int
+    text: str
+    logprob: float | None
+    special: bool
+
+    def to_json(self) -> dict:
+        return {"id": self.id, "text": self.text, "logprob": self.logprob, "special": self.special}
+
+
+@dataclass(frozen=True)
+class Finished:
+    generated_text: str
+    finish_reason: str  # length | eos_token | stop_sequence
+    generated_tokens: int
+    seed: int | None
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    index: int  # counts from 1
+    token: Token
+    top_tokens: list[Token] = field(default_factory=list)
+    prefill: list[Token] = field(default_factory=list)
+    finished: Finished | None = None
+
+
+@dataclass(frozen=True)
+class ErrorEvent:
+    message: str
+    error_type: str  # generation | incomplete_generation | ...
+
+
+Event = TokenEvent | ErrorEvent
+
+
+class RequestStream:
+    """A one-way channel from the batcher to one request's handler."""
+
+    def __init__(self) -> None:
+        self._events: asyncio.Queue[Event] = asyncio.Queue()
+        self.cancelled = False
+        self.done = False
+        self.tokens_sent = 0
+
+    def send_token(self, event: TokenEvent) -> None:
+        self.tokens_sent += 1
+        if event.finished is not None:
+            self.done = True
+        self._events.put_nowait(event)
+
+    def send_error(self, message: str, error_type: str = "generation") -> None:
+        self.done = True
+        self._events.put_nowait(ErrorEvent(message, error_type))
+
+    def cancel(self) -> None:
+        """The client went away: the batcher drops the request at its next step."""
+        if not self.done:
+            self.cancelled = True
+
+    async def next_event(self) -> Event:
+        return await self._events.get()

@@ -1,0 +1,105 @@
+"""Entry point of one shard rank: load the model slice, serve gRPC on `<uds-path>-<rank>`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+from pathlib import Path
+
+import grpc
+import torch
+
+from shard.detokenize import special_token_ids
+from shard.distributed import Distributed
+from shard.engine import Engine
+from shard.models.config import ModelConfig
+from shard.models.llama import LlamaModel
+from shard.server import TextGenerationService
+from shard.stopping import eos_token_ids_for
+from shard.weights import Weights
+from tgi_proto import generate_pb2 as pb
+from tgi_proto import generate_pb2_grpc as pb_grpc
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+log = logging.getLogger("shard")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="tgi-py shard: one tensor-parallel rank")
+    parser.add_argument("--model-dir", type=Path, required=True)
+    parser.add_argument("--model-id", default=None)
+    parser.add_argument("--uds-path", default="/tmp/text-generation-server")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
+    parser.add_argument("--kv-cache-bytes", type=int, default=2 << 30)
+    parser.add_argument("--block-size", type=int, default=16)
+    parser.add_argument("--trust-remote-code", action="store_true")
+    return parser.parse_args(argv)
+
+
+def build_engine(args: argparse.Namespace, dist: Distributed) -> Engine:
+    from tokenizers import Tokenizer
+
+    config = ModelConfig.load(args.model_dir)
+    if not config.is_llama_family:
+        raise SystemExit(
+            f"architecture {config.architecture!r} is not supported yet: tgi-py serves the Llama family "
+            f"(Llama, Mistral, Qwen2, SmolLM2)"
+        )
+    weights = Weights(args.model_dir, DTYPES[args.dtype], dist.device)
+    model = LlamaModel(config, weights, dist)
+    tokenizer = Tokenizer.from_file(str(args.model_dir / "tokenizer.json"))
+    engine = Engine(model, tokenizer, eos_token_ids_for(args.model_dir, tokenizer), special_token_ids(tokenizer),
+                    dist, args.kv_cache_bytes, args.block_size)
+    engine.weight_bytes = weights.bytes_loaded
+    log.info("rank %d/%d loaded %s: %.1f MB of weights (%s)", dist.rank, dist.world_size,
+             config.architecture, weights.bytes_loaded / 1e6, args.dtype)
+    return engine
+
+
+async def serve(args: argparse.Namespace) -> None:
+    dist = Distributed.from_env(torch.device("cpu"))
+    if "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // dist.world_size))
+    engine = build_engine(args, dist)
+    socket_path = f"{args.uds_path}-{dist.rank}"
+    urls = [f"unix://{args.uds_path}-{r}" for r in range(dist.world_size)]
+    info = pb.InfoResponse(
+        requires_padding=False, dtype=args.dtype, device_type=dist.device.type, speculate=0,
+        support_chunking=False, use_prefix_caching=False, attention_impl="paged-sdpa",
+        block_size=args.block_size, model_id=args.model_id or str(args.model_dir),
+        world_size=dist.world_size, max_position_embeddings=engine.model.config.max_position_embeddings,
+    )
+    server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 << 20),
+                                      ("grpc.max_send_message_length", 64 << 20)])
+    pb_grpc.add_TextGenerationServiceServicer_to_server(TextGenerationService(engine, info, urls), server)
+    if os.path.exists(socket_path):
+        os.unlink(socket_path)
+    old_umask = os.umask(0o077)  # the socket is the owner's alone
+    try:
+        server.add_insecure_port(f"unix://{socket_path}")
+        await server.start()
+    finally:
+        os.umask(old_umask)
+    log.info("rank %d serving on unix://%s", dist.rank, socket_path)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await server.stop(grace=1.0)
+    if os.path.exists(socket_path):
+        os.unlink(socket_path)
+    log.info("rank %d stopped", dist.rank)
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    asyncio.run(serve(parse_args(argv)))
+
+
+if __name__ == "__main__":
+    main()

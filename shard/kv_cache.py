@@ -1,0 +1,86 @@
+"""Paged KV cache: fixed-size blocks in one pool per layer, handed out to requests by a free list."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+class OutOfBlocks(RuntimeError):
+    pass
+
+
+class BlockAllocator:
+    """Hands out block ids; a request's blocks need not be contiguous (its block table maps them)."""
+
+    def __init__(self, num_blocks: int) -> None:
+        self.num_blocks = num_blocks
+        self._free = list(range(num_blocks - 1, -1, -1))
+
+    @property
+    def free_blocks(self) -> int:
+        return len(self._free)
+
+    def allocate(self, count: int) -> list[int]:
+        if count > len(self._free):
+            raise OutOfBlocks(f"need {count} KV blocks, {len(self._free)} free of {self.num_blocks}")
+        return [self._free.pop() for _ in range(count)]
+
+    def free(self, blocks: list[int]) -> None:
+        self._free.extend(reversed(blocks))
+
+
+@dataclass
+class KVCache:
+    """keys[layer] / values[layer]: [num_blocks * block_size, kv_heads, head_dim]."""
+
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+    block_size: int
+
+    @classmethod
+    def allocate(
+        cls,
+        num_layers: int,
+        num_blocks: int,
+        block_size: int,
+        kv_heads: int,
+        head_dim: int,
+        dtype: torch.dtype,
+        device: torch.device,
+    ) -> KVCache:
+        shape = (num_blocks * block_size, kv_heads, head_dim)
+        keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        return cls(keys=keys, values=values, block_size=block_size)
+
+    @staticmethod
+    def bytes_per_token(num_layers: int, kv_heads: int, head_dim: int, dtype: torch.dtype) -> int:
+        return 2 * num_layers * kv_heads * head_dim * torch.empty((), dtype=dtype).element_size()
+
+
+def blocks_needed(tokens: int, block_size: int) -> int:
+    return -(-tokens // block_size)
+
+
+def slots_of(block_table: list[int], start: int, end: int, block_size: int) -> list[int]:
+    """Cache slot of every position in [start, end) of a sequence with this block table."""
+    return [block_table[p // block_size] * block_size + p % block_size for p in range(start, end)]
+
+
+def context_slots(
+    block_tables: list[list[int]], lengths: list[int], block_size: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Slots [B, L] of each sequence's cached positions (padded) and the mask [B, 1, 1, L] of real ones."""
+    max_len = max(lengths)
+    max_blocks = blocks_needed(max_len, block_size)
+    table = torch.tensor(
+        [bt[:max_blocks] + [0] * (max_blocks - len(bt[:max_blocks])) for bt in block_tables],
+        dtype=torch.long,
+        device=device,
+    )
+    positions = torch.arange(max_len, device=device)
+    slots = table[:, positions // block_size] * block_size + positions % block_size
+    mask = positions[None, :] < torch.tensor(lengths, device=device)[:, None]
+    return slots, mask[:, None, None, :]

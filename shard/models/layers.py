@@ -1,0 +1,88 @@
+"""Building blocks of the tensor-parallel Llama family: norms, rotary embedding, parallel embedding."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from shard.distributed import Distributed
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    # Computed in float32 and cast back, as the reference implementation does, so greedy ids agree.
+    x32 = x.float()
+    x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * x32.to(x.dtype)
+
+
+def rope_inv_freq(head_dim: int, theta: float, scaling: dict | None) -> torch.Tensor:
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+    if scaling is None:
+        return inv_freq
+    kind = scaling["rope_type"]
+    if kind == "linear":
+        return inv_freq / scaling["factor"]
+    if kind == "llama3":
+        factor = scaling["factor"]
+        low, high = scaling["low_freq_factor"], scaling["high_freq_factor"]
+        old_len = scaling["original_max_position_embeddings"]
+        wavelen = 2 * math.pi / inv_freq
+        smooth = (old_len / wavelen - low) / (high - low)
+        scaled = torch.where(wavelen > old_len / low, inv_freq / factor, inv_freq)
+        mid = (1 - smooth) * inv_freq / factor + smooth * inv_freq
+        is_mid = (wavelen <= old_len / low) & (wavelen >= old_len / high)
+        return torch.where(is_mid, mid, scaled)
+    raise ValueError(f"rope scaling {kind!r} is not supported by the Llama-family model code")
+
+
+class Rotary:
+    def __init__(self, head_dim: int, theta: float, scaling: dict | None, device: torch.device) -> None:
+        self.inv_freq = rope_inv_freq(head_dim, theta, scaling).to(device)
+
+    def cos_sin(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        freqs = positions.float()[:, None] * self.inv_freq[None, :]
+        emb = torch.cat((freqs, freqs), dim=-1)
+        # [T, 1, head_dim]: broadcast over heads
+        return emb.cos().to(dtype)[:, None, :], emb.sin().to(dtype)[:, None, :]
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rotated * sin
+
+
+class VocabParallelEmbedding:
+    """Each rank holds a slice of vocabulary rows; out-of-slice ids contribute zeros, then all-reduce."""
+
+    def __init__(self, weight: torch.Tensor, start: int, dist: Distributed) -> None:
+        self.weight = weight
+        self.start = start
+        self.dist = dist
+
+    def __call__(self, ids: torch.Tensor) -> torch.Tensor:
+        if self.dist.world_size == 1:
+            return F.embedding(ids, self.weight)
+        local = ids - self.start
+        outside = (local < 0) | (local >= self.weight.shape[0])
+        out = F.embedding(local.masked_fill(outside, 0), self.weight)
+        out = out.masked_fill(outside[:, None], 0.0)
+        return self.dist.all_reduce_sum(out)
+
+
+class VocabParallelHead:
+    """lm_head split by vocabulary rows (padded to equal slices) with an all-gather of the logits."""
+
+    def __init__(self, weight: torch.Tensor, padded_rows: int, vocab_size: int, dist: Distributed) -> None:
+        if weight.shape[0] < padded_rows:
+            pad = weight.new_zeros(padded_rows - weight.shape[0], weight.shape[1])
+            weight = torch.cat([weight, pad], dim=0)
+        self.weight = weight
+        self.vocab_size = vocab_size
+        self.dist = dist
+
+    def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
+        logits = F.linear(hidden, self.weight)
+        return self.dist.all_gather_last_dim(logits)[:, : self.vocab_size]

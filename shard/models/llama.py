@@ -1,0 +1,191 @@
+"""Llama, Mistral, Qwen2 and SmolLM2 written for tensor parallelism over a paged KV cache.
+
+Each rank owns whole KV groups (a KV head and the query heads that share it), so any number of ranks
+up to the number of KV heads works, even when the heads do not divide evenly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from shard.distributed import Distributed, split_range
+from shard.kv_cache import KVCache
+from shard.models.config import ModelConfig
+from shard.models.layers import (
+    Rotary,
+    VocabParallelEmbedding,
+    VocabParallelHead,
+    apply_rotary,
+    rms_norm,
+)
+from shard.weights import Weights
+
+
+@dataclass
+class AttentionInputs:
+    """Where the new tokens' keys/values go and what each sequence attends to.
+
+    Prefill: `prefill_spans` lists (start, length) of each sequence in the flattened tokens; a sequence
+    attends causally to its own new tokens. Decode: one token per sequence, attending to the cache
+    slots `context_slots` [B, L] where `context_mask` [B, 1, 1, L] is true.
+    """
+
+    slot_mapping: torch.Tensor
+    prefill_spans: list[tuple[int, int]] | None = None
+    context_slots: torch.Tensor | None = None
+    context_mask: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class Partition:
+    """The heads and MLP columns of one rank."""
+
+    q_heads: tuple[int, int]
+    kv_heads: tuple[int, int]
+    mlp: tuple[int, int]
+    vocab: tuple[int, int]
+    vocab_rows_padded: int
+
+    @classmethod
+    def of(cls, config: ModelConfig, rank: int, world_size: int) -> Partition:
+        if world_size > config.num_kv_heads:
+            raise ValueError(
+                f"--num-shard {world_size} is larger than the model's {config.num_kv_heads} KV heads: "
+                f"each shard needs at least one whole KV group"
+            )
+        group = config.num_heads // config.num_kv_heads
+        kv = split_range(config.num_kv_heads, world_size, rank)
+        per_rank_vocab = -(-config.vocab_size // world_size)
+        vocab_start = min(rank * per_rank_vocab, config.vocab_size)
+        return cls(
+            q_heads=(kv[0] * group, kv[1] * group),
+            kv_heads=kv,
+            mlp=split_range(config.intermediate_size, world_size, rank),
+            vocab=(vocab_start, min(vocab_start + per_rank_vocab, config.vocab_size)),
+            vocab_rows_padded=per_rank_vocab,
+        )
+
+
+class DecoderLayer:
+    def __init__(self, prefix: str, config: ModelConfig, part: Partition, weights: Weights,
+                 dist: Distributed) -> None:
+        hd = config.head_dim
+        self.config = config
+        self.dist = dist
+        self.num_q = part.q_heads[1] - part.q_heads[0]
+        self.num_kv = part.kv_heads[1] - part.kv_heads[0]
+        q_rows = (part.q_heads[0] * hd, part.q_heads[1] * hd)
+        kv_rows = (part.kv_heads[0] * hd, part.kv_heads[1] * hd)
+        attn = f"{prefix}.self_attn"
+        # q, k and v fused into one matmul; gate and up likewise.
+        self.qkv = torch.cat([
+            weights.get_rows(f"{attn}.q_proj.weight", *q_rows),
+            weights.get_rows(f"{attn}.k_proj.weight", *kv_rows),
+            weights.get_rows(f"{attn}.v_proj.weight", *kv_rows),
+        ])
+        self.qkv_bias = None
+        if config.attention_bias:
+            self.qkv_bias = torch.cat([
+                weights.get_rows(f"{attn}.q_proj.bias", *q_rows),
+                weights.get_rows(f"{attn}.k_proj.bias", *kv_rows),
+                weights.get_rows(f"{attn}.v_proj.bias", *kv_rows),
+            ])
+        self.o_proj = weights.get_cols(f"{attn}.o_proj.weight", *q_rows)
+        self.o_bias = self._rank0_bias(weights, f"{attn}.o_proj.bias")
+        mlp = f"{prefix}.mlp"
+        self.gate_up = torch.cat([
+            weights.get_rows(f"{mlp}.gate_proj.weight", *part.mlp),
+            weights.get_rows(f"{mlp}.up_proj.weight", *part.mlp),
+        ])
+        self.gate_up_bias = None
+        if config.mlp_bias:
+            self.gate_up_bias = torch.cat([
+                weights.get_rows(f"{mlp}.gate_proj.bias", *part.mlp),
+                weights.get_rows(f"{mlp}.up_proj.bias", *part.mlp),
+            ])
+        self.down = weights.get_cols(f"{mlp}.down_proj.weight", *part.mlp)
+        self.down_bias = self._rank0_bias(weights, f"{mlp}.down_proj.bias")
+        self.input_norm = weights.get(f"{prefix}.input_layernorm.weight")
+        self.post_norm = weights.get(f"{prefix}.post_attention_layernorm.weight")
+
+    def _rank0_bias(self, weights: Weights, name: str) -> torch.Tensor | None:
+        # A row-parallel bias is added once, before the all-reduce sums the ranks.
+        if self.dist.rank != 0 or not weights.has(name):
+            return None
+        return weights.get(name)
+
+    def __call__(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attn: AttentionInputs,
+                 k_cache: torch.Tensor, v_cache: torch.Tensor) -> torch.Tensor:
+        hd = self.config.head_dim
+        h = rms_norm(x, self.input_norm, self.config.rms_norm_eps)
+        qkv = F.linear(h, self.qkv, self.qkv_bias)
+        q, k, v = qkv.split([self.num_q * hd, self.num_kv * hd, self.num_kv * hd], dim=-1)
+        q = apply_rotary(q.view(-1, self.num_q, hd), cos, sin)
+        k = apply_rotary(k.view(-1, self.num_kv, hd), cos, sin)
+        v = v.view(-1, self.num_kv, hd)
+        k_cache.index_copy_(0, attn.slot_mapping, k)
+        v_cache.index_copy_(0, attn.slot_mapping, v)
+        out = self._attend(q, k, v, attn, k_cache, v_cache)
+        x = x + self.dist.all_reduce_sum(F.linear(out, self.o_proj, self.o_bias))
+        h = rms_norm(x, self.post_norm, self.config.rms_norm_eps)
+        gate, up = F.linear(h, self.gate_up, self.gate_up_bias).chunk(2, dim=-1)
+        return x + self.dist.all_reduce_sum(F.linear(F.silu(gate) * up, self.down, self.down_bias))
+
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn: AttentionInputs,
+                k_cache: torch.Tensor, v_cache: torch.Tensor) -> torch.Tensor:
+        if attn.prefill_spans is not None:
+            outs = []
+            for start, length in attn.prefill_spans:
+                span = slice(start, start + length)
+                o = F.scaled_dot_product_attention(
+                    q[span].transpose(0, 1), k[span].transpose(0, 1), v[span].transpose(0, 1),
+                    is_causal=True, enable_gqa=True,
+                )
+                outs.append(o.transpose(0, 1))
+            return torch.cat(outs).flatten(1)
+        assert attn.context_slots is not None
+        keys = k_cache[attn.context_slots].transpose(1, 2)  # [B, kv, L, hd]
+        values = v_cache[attn.context_slots].transpose(1, 2)
+        o = F.scaled_dot_product_attention(
+            q[:, :, None, :], keys, values, attn_mask=attn.context_mask, enable_gqa=True
+        )
+        return o.flatten(1)
+
+
+class LlamaModel:
+    def __init__(self, config: ModelConfig, weights: Weights, dist: Distributed) -> None:
+        self.config = config
+        self.dist = dist
+        self.partition = part = Partition.of(config, dist.rank, dist.world_size)
+        self.dtype = weights.dtype
+        self.device = weights.device
+        embed = weights.get_rows("model.embed_tokens.weight", *part.vocab)
+        self.embed = VocabParallelEmbedding(embed, part.vocab[0], dist)
+        self.layers = [
+            DecoderLayer(f"model.layers.{i}", config, part, weights, dist) for i in range(config.num_layers)
+        ]
+        self.norm = weights.get("model.norm.weight")
+        if config.tie_word_embeddings or not weights.has("lm_head.weight"):
+            head = embed
+        else:
+            head = weights.get_rows("lm_head.weight", *part.vocab)
+        self.lm_head = VocabParallelHead(head, part.vocab_rows_padded, config.vocab_size, dist)
+        self.rotary = Rotary(config.head_dim, config.rope_theta, config.rope_scaling, self.device)
+
+    @property
+    def local_kv_heads(self) -> int:
+        return self.partition.kv_heads[1] - self.partition.kv_heads[0]
+
+    @torch.inference_mode()
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, attn: AttentionInputs,
+                cache: KVCache, logits_indices: torch.Tensor) -> torch.Tensor:
+        """Logits [len(logits_indices), vocab] for the selected flattened token positions."""
+        x = self.embed(input_ids)
+        cos, sin = self.rotary.cos_sin(positions, x.dtype)
+        for layer, k_cache, v_cache in zip(self.layers, cache.keys, cache.values, strict=True):
+            x = layer(x, cos, sin, attn, k_cache, v_cache)
+        x = rms_norm(x[logits_indices], self.norm, self.config.rms_norm_eps)
+        return self.lm_head(x).float()

@@ -1,0 +1,34 @@
+"""One request inside the shard: its ids, cache blocks, token chooser, stop rules and text."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from shard.detokenize import IncrementalDetokenizer
+from shard.sampling import RequestSampler
+from shard.stopping import FinishReason, StoppingCriteria
+
+
+@dataclass
+class RequestState:
+    id: int
+    input_length: int
+    max_new_tokens: int
+    all_ids: list[int]  # prompt + generated so far
+    block_table: list[int]
+    sampler: RequestSampler
+    stopping: StoppingCriteria
+    detokenizer: IncrementalDetokenizer
+    top_n_tokens: int = 0
+    prefill_logprobs: bool = False
+    # Tokens whose keys/values are in the cache; the newest generated token is not, until the next step.
+    cached_length: int = 0
+    finish_reason: FinishReason | None = field(default=None)
+
+    @property
+    def generated_ids(self) -> list[int]:
+        return self.all_ids[self.input_length:]
+
+    @property
+    def max_tokens(self) -> int:
+        return self.input_length + self.max_new_tokens

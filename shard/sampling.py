@@ -1,0 +1,260 @@
+"""Token choice for a batch: penalties and warpers on the logits, then greedy or seeded sampling.
+
+`choose_tokens` runs once per engine step for the whole batch. Each processor works on the [B, V]
+tensor at once with a per-row parameter column, and a row whose parameter is neutral comes out
+bit-for-bit unchanged. Order (CONTRACT section 9): repetition, frequency and presence penalties, then
+temperature, top-k, top-p, typical-p; then argmax or a draw from the request's own generator.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+NEG_INF = float("-inf")
+
+
+def _unset_to_one(value: float) -> float:
+    # proto3 floats default to 0.0, which for these fields means "not set", never a real value.
+    return value if value != 0.0 else 1.0
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    typical_p: float = 1.0
+    do_sample: bool = False
+    seed: int = 0
+    repetition_penalty: float = 1.0
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+
+    @classmethod
+    def from_proto(cls, p: Any) -> SamplingParams:
+        """From a generate_pb2.NextTokenChooserParameters."""
+        return cls(
+            temperature=_unset_to_one(p.temperature),
+            top_k=max(int(p.top_k), 0),
+            top_p=_unset_to_one(p.top_p),
+            typical_p=_unset_to_one(p.typical_p),
+            do_sample=bool(p.do_sample),
+            seed=int(p.seed),
+            repetition_penalty=_unset_to_one(p.repetition_penalty),
+            frequency_penalty=float(p.frequency_penalty),
+            presence_penalty=float(p.presence_penalty),
+        )
+
+    @property
+    def has_warpers(self) -> bool:
+        return self.temperature != 1.0 or self.top_k > 0 or self.top_p < 1.0 or self.typical_p < 1.0
+
+    @property
+    def has_penalties(self) -> bool:
+        return self.repetition_penalty != 1.0 or self.frequency_penalty != 0.0 or self.presence_penalty != 0.0
+
+    @property
+    def sampling(self) -> bool:
+        """Sample rather than take the argmax. As in TGI, setting any warper turns sampling on
+        (CONTRACT section 1), so a greedy row always has neutral warpers."""
+        return self.do_sample or self.has_warpers
+
+
+class RequestSampler:
+    """One request's sampling state: its parameters and its own seeded random stream.
+
+    The generator lives on the CPU and gives one uniform number per sampled step, so a request's
+    draws depend only on its seed and its own logits, never on the batch it shares or its row there.
+    """
+
+    def __init__(self, params: SamplingParams) -> None:
+        self.params = params
+        self.generator = torch.Generator(device="cpu")
+        self.generator.manual_seed(params.seed)
+
+    def next_uniform(self) -> float:
+        """A number in [0, 1) from this request's stream."""
+        return float(torch.rand((), generator=self.generator, dtype=torch.float64))
+
+
+@dataclass
+class ChosenTokens:
+    ids: list[int]
+    logprobs: list[float]
+    # Per row (ids, logprobs), best first; empty lists when that row asked for no top tokens.
+    top_tokens: list[tuple[list[int], list[float]]]
+
+
+def choose_tokens(
+    logits: torch.Tensor,
+    samplers: Sequence[RequestSampler],
+    histories: Sequence[Sequence[int] | torch.Tensor],
+    top_n_tokens: Sequence[int],
+) -> ChosenTokens:
+    """Choose the next token of every request from its last-position logits [B, V].
+
+    histories: prompt + generated ids per request, read only for rows with a penalty.
+    logprobs are log_softmax of the processed logits, i.e. of the distribution actually used.
+    """
+    params = [s.params for s in samplers]
+    # float() returns the tensor itself when it is already float32: every step below is out-of-place
+    # so the caller's logits are never modified.
+    scores = logits.float()
+    if any(p.has_penalties for p in params):
+        scores = _apply_penalties(scores, params, histories)
+    if any(p.has_warpers for p in params):
+        scores = _apply_warpers(scores, params)
+    logprobs = torch.log_softmax(scores, dim=-1)
+    ids = scores.argmax(dim=-1)
+    sampled_rows = [i for i, p in enumerate(params) if p.sampling]
+    if sampled_rows:
+        ids = _sample_rows(ids, logprobs, samplers, sampled_rows)
+    chosen_logprobs = logprobs.gather(1, ids.unsqueeze(1)).squeeze(1)
+    return ChosenTokens(
+        ids=ids.tolist(),
+        logprobs=chosen_logprobs.tolist(),
+        top_tokens=_top_tokens(logprobs, top_n_tokens),
+    )
+
+
+def _column(values: Sequence[float], like: torch.Tensor) -> torch.Tensor:
+    return torch.tensor(values, dtype=like.dtype, device=like.device).unsqueeze(1)
+
+
+def _apply_penalties(
+    scores: torch.Tensor,
+    params: Sequence[SamplingParams],
+    histories: Sequence[Sequence[int] | torch.Tensor],
+) -> torch.Tensor:
+    # Token counts per row as one scatter: the histories of penalised rows are flattened into
+    # (row, id) pairs, so no padding and no Python work per token.
+    rows = [i for i, p in enumerate(params) if p.has_penalties]
+    token_ids, lengths = _flatten_histories([histories[i] for i in rows], scores.device)
+    row_index = torch.repeat_interleave(torch.tensor(rows, dtype=torch.long), lengths).to(scores.device)
+    counts = torch.zeros_like(scores)
+    counts.index_put_((row_index, token_ids), torch.ones_like(token_ids, dtype=scores.dtype), accumulate=True)
+    present = counts > 0
+
+    repetition = _column([p.repetition_penalty for p in params], scores)
+    # Dividing a positive logit and multiplying a negative one both make the token less likely.
+    penalised = torch.where(scores > 0, scores / repetition, scores * repetition)
+    scores = torch.where(present & (repetition != 1.0), penalised, scores)
+    frequency = _column([p.frequency_penalty for p in params], scores)
+    presence = _column([p.presence_penalty for p in params], scores)
+    # x - 0.0 is exactly x, so rows without these penalties are untouched.
+    return scores - frequency * counts - presence * present.to(scores.dtype)
+
+
+def _flatten_histories(
+    histories: Sequence[Sequence[int] | torch.Tensor], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """All ids in one tensor on `device`, and each history's length (on the CPU)."""
+    lengths = torch.tensor([len(h) for h in histories], dtype=torch.long)
+    if not any(isinstance(h, torch.Tensor) for h in histories):
+        # Plain lists: one host-to-device copy for the whole batch.
+        flat = [token for history in histories for token in history]
+        return torch.tensor(flat, dtype=torch.long, device=device), lengths
+    # The engine may keep histories as tensors (possibly already on the device); no round trip then.
+    chunks = [torch.as_tensor(h, dtype=torch.long).flatten().to(device) for h in histories]
+    return torch.cat(chunks), lengths
+
+
+def _apply_warpers(scores: torch.Tensor, params: Sequence[SamplingParams]) -> torch.Tensor:
+    temperatures = [p.temperature for p in params]
+    if any(t != 1.0 for t in temperatures):
+        scores = scores / _column(temperatures, scores)  # x / 1.0 is exactly x
+    if any(p.top_k > 0 for p in params):
+        scores = _top_k(scores, [p.top_k for p in params])
+    if any(p.top_p < 1.0 for p in params):
+        scores = _top_p(scores, _column([p.top_p for p in params], scores))
+    if any(p.typical_p < 1.0 for p in params):
+        scores = _typical_p(scores, _column([p.typical_p for p in params], scores))
+    return scores
+
+
+def _top_k(scores: torch.Tensor, top_ks: Sequence[int]) -> torch.Tensor:
+    """Keep each row's k highest logits (ties with the k-th are kept too); k = 0 keeps all."""
+    vocab = scores.shape[-1]
+    ks = [min(k, vocab) for k in top_ks]
+    kth_values = scores.topk(max(ks), dim=-1).values
+    index = torch.tensor([max(k, 1) - 1 for k in ks], device=scores.device).unsqueeze(1)
+    active = torch.tensor([k > 0 for k in ks], device=scores.device).unsqueeze(1)
+    threshold = torch.where(active, kth_values.gather(1, index), NEG_INF)
+    return scores.masked_fill(scores < threshold, NEG_INF)
+
+
+def _top_p(scores: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
+    """Keep the smallest set of most likely tokens whose probability reaches top_p."""
+    sorted_scores, order = scores.sort(dim=-1)  # ascending
+    cumulative = sorted_scores.softmax(dim=-1).cumsum(dim=-1)
+    # A token goes when everything at or below it in the ascending order still fits under 1 - p:
+    # then the tokens above it already reach p without it.
+    drop_sorted = cumulative <= (1.0 - top_p)
+    drop_sorted[:, -1] = False  # the most likely token always stays
+    drop_sorted &= top_p < 1.0
+    drop = drop_sorted.scatter(1, order, drop_sorted)
+    return scores.masked_fill(drop, NEG_INF)
+
+
+def _typical_p(scores: torch.Tensor, mass: torch.Tensor) -> torch.Tensor:
+    """Locally typical sampling: keep the tokens whose surprise is closest to the row's entropy,
+    smallest such set whose probability reaches `mass`."""
+    log_probs = scores.log_softmax(dim=-1)
+    probs = log_probs.exp()
+    # nansum: tokens already at -inf give 0 * -inf = nan and carry no entropy.
+    entropy = -(log_probs * probs).nansum(dim=-1, keepdim=True)
+    distance = (-log_probs - entropy).abs()
+    sorted_distance, order = distance.sort(dim=-1)
+    cumulative = probs.gather(1, order).cumsum(dim=-1)
+    # Index of the first token (by distance) at which the kept mass reaches `mass`.
+    last = (cumulative < mass).sum(dim=-1, keepdim=True).clamp(max=scores.shape[-1] - 1)
+    threshold = sorted_distance.gather(1, last)
+    drop = (distance > threshold) & (mass < 1.0)
+    return scores.masked_fill(drop, NEG_INF)
+
+
+def _sample_rows(
+    ids: torch.Tensor,
+    logprobs: torch.Tensor,
+    samplers: Sequence[RequestSampler],
+    rows: list[int],
+) -> torch.Tensor:
+    """Draw the sampled rows' tokens by inverse CDF, one uniform per row from its own generator.
+
+    The loop over rows is only for those draws: each request must consume its own stream for its
+    result to be reproducible whatever else is batched with it. It touches one CPU scalar per row;
+    the search over the vocabulary is a single batched call on the logits' device.
+    """
+    uniforms = [samplers[i].next_uniform() for i in rows]
+    row_index = torch.tensor(rows, dtype=torch.long, device=logprobs.device)
+    row_logprobs = logprobs.index_select(0, row_index)
+    # float64 so the cumulative sum over a large vocabulary does not drift.
+    cdf = row_logprobs.double().exp().cumsum(dim=-1)
+    target = torch.tensor(uniforms, dtype=torch.float64, device=logprobs.device).unsqueeze(1) * cdf[:, -1:]
+    # First index whose cdf exceeds the target: a token with non-zero probability by construction.
+    drawn = torch.searchsorted(cdf, target, right=True).squeeze(1).clamp(max=cdf.shape[-1] - 1)
+    # Rounding at the very top of the cdf could land on a trailing zero-probability token;
+    # fall back to the row's argmax then rather than emit an impossible token.
+    drawn_logprob = row_logprobs.gather(1, drawn.unsqueeze(1)).squeeze(1)
+    drawn = torch.where(torch.isfinite(drawn_logprob), drawn, ids.index_select(0, row_index))
+    ids = ids.clone()
+    ids[row_index] = drawn
+    return ids
+
+
+def _top_tokens(logprobs: torch.Tensor, top_n_tokens: Sequence[int]) -> list[tuple[list[int], list[float]]]:
+    max_n = min(max(top_n_tokens, default=0), logprobs.shape[-1])
+    if max_n <= 0:
+        return [([], []) for _ in top_n_tokens]
+    values, indices = logprobs.topk(max_n, dim=-1)  # sorted, best first
+    all_values, all_indices = values.tolist(), indices.tolist()
+    result: list[tuple[list[int], list[float]]] = []
+    for n, row_values, row_indices in zip(top_n_tokens, all_values, all_indices, strict=True):
+        # Tokens removed by top-k/top-p have logprob -inf: not candidates, and not valid JSON either.
+        keep = [j for j in range(min(n, max_n)) if row_values[j] != NEG_INF]
+        result.append(([row_indices[j] for j in keep], [row_values[j] for j in keep]))
+    return result

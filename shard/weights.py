@@ -1,0 +1,59 @@
+"""Safetensors loading that reads only this rank's slice of each tensor."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+
+class Weights:
+    def __init__(self, model_dir: Path, dtype: torch.dtype, device: torch.device) -> None:
+        self.dtype = dtype
+        self.device = device
+        self._file_of: dict[str, Path] = {}
+        index = model_dir / "model.safetensors.index.json"
+        if index.exists():
+            weight_map = json.loads(index.read_text())["weight_map"]
+            self._file_of = {name: model_dir / file for name, file in weight_map.items()}
+        else:
+            for file in sorted(model_dir.glob("*.safetensors")):
+                with safe_open(str(file), framework="pt") as handle:
+                    for name in handle.keys():
+                        self._file_of[name] = file
+        if not self._file_of:
+            raise FileNotFoundError(f"no safetensors weights in {model_dir}")
+        self._handles: dict[Path, object] = {}
+        self.bytes_loaded = 0
+
+    def has(self, name: str) -> bool:
+        return name in self._file_of
+
+    def _slice(self, name: str):
+        file = self._file_of.get(name)
+        if file is None:
+            raise KeyError(f"weight {name!r} not found in the checkpoint")
+        if file not in self._handles:
+            self._handles[file] = safe_open(str(file), framework="pt")
+        return self._handles[file].get_slice(name)  # type: ignore[attr-defined]
+
+    def _finish(self, tensor: torch.Tensor) -> torch.Tensor:
+        tensor = tensor.to(device=self.device, dtype=self.dtype).contiguous()
+        self.bytes_loaded += tensor.numel() * tensor.element_size()
+        return tensor
+
+    def get(self, name: str) -> torch.Tensor:
+        return self._finish(self._slice(name)[:])
+
+    def get_rows(self, name: str, start: int, end: int) -> torch.Tensor:
+        """Rows [start, end) of dimension 0, read without loading the rest."""
+        return self._finish(self._slice(name)[start:end])
+
+    def get_cols(self, name: str, start: int, end: int) -> torch.Tensor:
+        """Columns [start, end) of dimension 1, read without loading the rest."""
+        return self._finish(self._slice(name)[:, start:end])
+
+    def get_row_blocks(self, name: str, ranges: list[tuple[int, int]]) -> torch.Tensor:
+        return torch.cat([self.get_rows(name, s, e) for s, e in ranges], dim=0)

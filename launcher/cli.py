@@ -69,6 +69,10 @@ def check_limits(settings: dict[str, Any]) -> None:
     batch_total = settings.get("max_batch_total_tokens")
     if max_input is not None and max_total is not None and max_input >= max_total:
         raise click.UsageError(f"--max-input-tokens ({max_input}) must be < --max-total-tokens ({max_total})")
+    if batch_total is not None and max_total is not None and max_total > batch_total:
+        raise click.UsageError(
+            f"--max-total-tokens ({max_total}) must be <= --max-batch-total-tokens ({batch_total})"
+        )
     if prefill is not None and max_input is not None and prefill < max_input:
         raise click.UsageError(
             f"--max-batch-prefill-tokens ({prefill}) must be >= --max-input-tokens ({max_input})"
@@ -76,10 +80,6 @@ def check_limits(settings: dict[str, Any]) -> None:
     if batch_total is not None and prefill is not None and prefill > batch_total:
         raise click.UsageError(
             f"--max-batch-prefill-tokens ({prefill}) must be <= --max-batch-total-tokens ({batch_total})"
-        )
-    if batch_total is not None and max_total is not None and max_total > batch_total:
-        raise click.UsageError(
-            f"--max-total-tokens ({max_total}) must be <= --max-batch-total-tokens ({batch_total})"
         )
 
 
@@ -138,7 +138,10 @@ def main(**settings: Any) -> None:
             # The headroom is a convenience; it must not turn a valid --max-batch-total-tokens invalid.
             prefill = min(prefill, settings["max_batch_total_tokens"])
         settings["max_batch_prefill_tokens"] = prefill
-    check_limits(settings)
+    try:
+        check_limits(settings)
+    except click.UsageError as err:
+        raise click.UsageError(f"{err.message} (limits not given are derived from the model)") from err
 
     plan = plan_launch(
         model_dir=model.path,

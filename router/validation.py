@@ -195,8 +195,7 @@ class Validator:
             raise ValidationError("`max_new_tokens` must be strictly positive")
         if len(params.stop) > limits.max_stop_sequences:
             raise ValidationError(
-                f"`stop` supports up to {limits.max_stop_sequences} stop sequences. "
-                f"Given: {len(params.stop)}"
+                f"`stop` supports up to {limits.max_stop_sequences} stop sequences. Given: {len(params.stop)}"
             )
         if best_of > 1 and params.seed is not None:
             raise ValidationError("`seed` must not be set when `best_of` > 1")

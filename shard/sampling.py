@@ -8,7 +8,7 @@ temperature, top-k, top-p, typical-p; then argmax or a draw from the request's o
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -169,11 +169,28 @@ def _apply_warpers(scores: torch.Tensor, params: Sequence[SamplingParams]) -> to
         scores = scores / _column(temperatures, scores)  # x / 1.0 is exactly x
     if any(p.top_k > 0 for p in params):
         scores = _top_k(scores, [p.top_k for p in params])
-    if any(p.top_p < 1.0 for p in params):
-        scores = _top_p(scores, _column([p.top_p for p in params], scores))
-    if any(p.typical_p < 1.0 for p in params):
-        scores = _typical_p(scores, _column([p.typical_p for p in params], scores))
+    top_p_rows = [i for i, p in enumerate(params) if p.top_p < 1.0]
+    if top_p_rows:
+        scores = _on_rows(scores, top_p_rows, [params[i].top_p for i in top_p_rows], _top_p)
+    typical_rows = [i for i, p in enumerate(params) if p.typical_p < 1.0]
+    if typical_rows:
+        scores = _on_rows(scores, typical_rows, [params[i].typical_p for i in typical_rows], _typical_p)
     return scores
+
+
+def _on_rows(
+    scores: torch.Tensor,
+    rows: list[int],
+    values: list[float],
+    warper: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+) -> torch.Tensor:
+    """Apply a sorting warper to the rows that use it only: a full-vocabulary sort is the costliest
+    step here, and a mixed batch often has few such rows."""
+    if len(rows) == scores.shape[0]:
+        return warper(scores, _column(values, scores))
+    index = torch.tensor(rows, dtype=torch.long, device=scores.device)
+    subset = scores.index_select(0, index)
+    return scores.index_copy(0, index, warper(subset, _column(values, subset)))
 
 
 def _top_k(scores: torch.Tensor, top_ks: Sequence[int]) -> torch.Tensor:
@@ -231,19 +248,20 @@ def _sample_rows(
     """
     uniforms = [samplers[i].next_uniform() for i in rows]
     row_index = torch.tensor(rows, dtype=torch.long, device=logprobs.device)
-    row_logprobs = logprobs.index_select(0, row_index)
-    # float64 so the cumulative sum over a large vocabulary does not drift.
-    cdf = row_logprobs.double().exp().cumsum(dim=-1)
+    all_rows = len(rows) == logprobs.shape[0]
+    row_logprobs = logprobs if all_rows else logprobs.index_select(0, row_index)
+    # Accumulate in float64 so the sum over a large vocabulary does not drift.
+    cdf = row_logprobs.exp().cumsum(dim=-1, dtype=torch.float64)
     target = torch.tensor(uniforms, dtype=torch.float64, device=logprobs.device).unsqueeze(1) * cdf[:, -1:]
     # First index whose cdf exceeds the target: a token with non-zero probability by construction.
     drawn = torch.searchsorted(cdf, target, right=True).squeeze(1).clamp(max=cdf.shape[-1] - 1)
     # Rounding at the very top of the cdf could land on a trailing zero-probability token;
     # fall back to the row's argmax then rather than emit an impossible token.
     drawn_logprob = row_logprobs.gather(1, drawn.unsqueeze(1)).squeeze(1)
+    if all_rows:
+        return torch.where(torch.isfinite(drawn_logprob), drawn, ids)
     drawn = torch.where(torch.isfinite(drawn_logprob), drawn, ids.index_select(0, row_index))
-    ids = ids.clone()
-    ids[row_index] = drawn
-    return ids
+    return ids.index_copy(0, row_index, drawn)
 
 
 def _top_tokens(logprobs: torch.Tensor, top_n_tokens: Sequence[int]) -> list[tuple[list[int], list[float]]]:

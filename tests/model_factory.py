@@ -66,6 +66,7 @@ def build_llama(
     attention_bias: bool = False,
     model_type: str = "llama",
     seed: int = 0,
+    suppress_eos: bool = False,
 ) -> Path:
     """A tiny random Llama-family model with a real tokenizer, saved as safetensors."""
     import torch
@@ -98,5 +99,9 @@ def build_llama(
         for param in model.parameters():
             if param.dim() > 1:
                 param.normal_(0.0, 0.15)
+        if suppress_eos and not tie_word_embeddings:
+            # A zero row gives EOS a logit of 0 while the best of the others is well above it: greedy
+            # generation then runs to max_new_tokens, which tests of long-lived streams rely on.
+            model.lm_head.weight[eos_id] = 0.0
     model.save_pretrained(out_dir, safe_serialization=True)
     return out_dir

@@ -34,11 +34,25 @@ def test_minimal_request_gets_defaults() -> None:
 
 def test_full_request_round_trips() -> None:
     parameters = {
-        "max_new_tokens": 10, "temperature": 0.5, "top_k": 3, "top_p": 0.9, "typical_p": 0.8,
-        "do_sample": True, "repetition_penalty": 1.1, "frequency_penalty": 0.2, "seed": 2**64 - 1,
-        "stop": ["\n", "User:"], "truncate": 5, "return_full_text": True, "details": True,
-        "decoder_input_details": True, "top_n_tokens": 2, "best_of": 1, "watermark": False,
-        "grammar": {"type": "regex", "value": "[a-z]+"}, "adapter_id": None,
+        "max_new_tokens": 10,
+        "temperature": 0.5,
+        "top_k": 3,
+        "top_p": 0.9,
+        "typical_p": 0.8,
+        "do_sample": True,
+        "repetition_penalty": 1.1,
+        "frequency_penalty": 0.2,
+        "seed": 2**64 - 1,
+        "stop": ["\n", "User:"],
+        "truncate": 5,
+        "return_full_text": True,
+        "details": True,
+        "decoder_input_details": True,
+        "top_n_tokens": 2,
+        "best_of": 1,
+        "watermark": False,
+        "grammar": {"type": "regex", "value": "[a-z]+"},
+        "adapter_id": None,
     }
     request = parse_generate_request(body(inputs="Hi", parameters=parameters, stream=True))
     dumped = request.parameters.model_dump()
@@ -49,7 +63,9 @@ def test_full_request_round_trips() -> None:
 
 def test_integers_are_accepted_for_floats() -> None:
     # serde deserialises 1 into an f32; so do we
-    assert parse_generate_request(body(inputs="x", parameters={"temperature": 1})).parameters.temperature == 1.0
+    assert (
+        parse_generate_request(body(inputs="x", parameters={"temperature": 1})).parameters.temperature == 1.0
+    )
 
 
 @pytest.mark.parametrize(
@@ -97,7 +113,7 @@ def test_malformed_json_and_non_objects() -> None:
 def test_non_standard_json_constants_are_rejected() -> None:
     # Python's json would read these; a NaN temperature would pass every range check
     for constant in ("NaN", "Infinity", "-Infinity"):
-        raw = '{"inputs": "x", "parameters": {"temperature": %s}}' % constant
+        raw = '{"inputs": "x", "parameters": {"temperature": CONSTANT}}'.replace("CONSTANT", constant)
         assert "invalid JSON constant" in parse_error(raw)
     # an overflowing literal is read as inf by json, then refused as non-finite
     overflow = parse_error('{"inputs": "x", "parameters": {"temperature": 1e400}}')
@@ -158,8 +174,13 @@ def test_models_are_frozen() -> None:
 # --- property: parse + validate only ever return a ValidRequest or raise ValidationError ---
 
 _scalars = (
-    st.none() | st.booleans() | st.integers() | st.integers(-3, 70) | st.text(max_size=8)
-    | st.floats(allow_nan=True, allow_infinity=True) | st.floats(-3.0, 3.0)
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.integers(-3, 70)
+    | st.text(max_size=8)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.floats(-3.0, 3.0)
     | st.sampled_from(["\ud800", "a\udfffb", "", "json", "regex"])
 )
 _json: st.SearchStrategy[object] = st.recursive(
@@ -171,13 +192,25 @@ _grammars = st.fixed_dictionaries({"type": st.sampled_from(["json", "regex", "xm
 _unit = st.floats(-0.2, 1.2)
 # Well-typed values around each rule's boundaries, so that the semantic rules get exercised too.
 _typed: dict[str, st.SearchStrategy[object]] = {
-    "max_new_tokens": st.integers(-2, 80), "temperature": st.floats(-0.5, 3.0),
-    "repetition_penalty": st.floats(-0.5, 3.0), "frequency_penalty": st.floats(-3.0, 3.0),
-    "top_k": st.integers(-2, 50), "top_p": _unit, "typical_p": _unit, "do_sample": st.booleans(),
-    "seed": st.integers(0, 2**64 - 1), "stop": st.lists(st.text(max_size=4), max_size=6),
-    "truncate": st.integers(-1, 40), "return_full_text": st.booleans(), "details": st.booleans(),
-    "decoder_input_details": st.booleans(), "top_n_tokens": st.integers(-1, 7), "best_of": st.integers(0, 3),
-    "watermark": st.booleans(), "grammar": _grammars, "adapter_id": st.text(max_size=3),
+    "max_new_tokens": st.integers(-2, 80),
+    "temperature": st.floats(-0.5, 3.0),
+    "repetition_penalty": st.floats(-0.5, 3.0),
+    "frequency_penalty": st.floats(-3.0, 3.0),
+    "top_k": st.integers(-2, 50),
+    "top_p": _unit,
+    "typical_p": _unit,
+    "do_sample": st.booleans(),
+    "seed": st.integers(0, 2**64 - 1),
+    "stop": st.lists(st.text(max_size=4), max_size=6),
+    "truncate": st.integers(-1, 40),
+    "return_full_text": st.booleans(),
+    "details": st.booleans(),
+    "decoder_input_details": st.booleans(),
+    "top_n_tokens": st.integers(-1, 7),
+    "best_of": st.integers(0, 3),
+    "watermark": st.booleans(),
+    "grammar": _grammars,
+    "adapter_id": st.text(max_size=3),
 }
 _parameters = st.fixed_dictionaries(
     {},
@@ -198,7 +231,12 @@ _inputs = _mostly(st.text(max_size=300) | st.just("Hello world! " * 30))
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(inputs=_inputs, parameters=_mostly(_parameters), stream=st.booleans(), drop=st.sampled_from([None, "inputs", "parameters"]))
+@given(
+    inputs=_inputs,
+    parameters=_mostly(_parameters),
+    stream=st.booleans(),
+    drop=st.sampled_from([None, "inputs", "parameters"]),
+)
 def test_parse_and_validate_never_crash(
     validator: Validator, inputs: object, parameters: object, stream: bool, drop: str | None
 ) -> None:

@@ -25,7 +25,9 @@ from tests.router.conftest import LIMITS
 LONG_TEXT = "Hello world! " * 40  # far more than 32 tokens
 
 
-def validate(validator: Validator, inputs: str = "Hello world", *, stream: bool = False, **params: Any) -> ValidRequest:
+def validate(
+    validator: Validator, inputs: str = "Hello world", *, stream: bool = False, **params: Any
+) -> ValidRequest:
     raw = json.dumps({"inputs": inputs, "parameters": params}).encode()
     return validator.validate(parse_generate_request(raw), stream=stream)
 
@@ -58,8 +60,15 @@ def test_default_max_new_tokens_is_the_room_left(validator: Validator) -> None:
 
 def test_fields_are_carried(validator: Validator) -> None:
     valid = validate(
-        validator, max_new_tokens=7, stop=["\n", "User:"], details=True, return_full_text=True,
-        decoder_input_details=True, top_n_tokens=2, repetition_penalty=1.2, frequency_penalty=-0.5,
+        validator,
+        max_new_tokens=7,
+        stop=["\n", "User:"],
+        details=True,
+        return_full_text=True,
+        decoder_input_details=True,
+        top_n_tokens=2,
+        repetition_penalty=1.2,
+        frequency_penalty=-0.5,
     )
     assert valid.stopping.max_new_tokens == 7 and valid.stopping.stop_sequences == ("\n", "User:")
     assert valid.details and valid.return_full_text and valid.decoder_input_details
@@ -74,11 +83,14 @@ def test_empty_inputs(validator: Validator) -> None:
 def test_input_length_limit(validator: Validator, tokenizer: tokenizers.Tokenizer) -> None:
     given = n_tokens(tokenizer, LONG_TEXT)
     assert error(validator, LONG_TEXT, max_new_tokens=1) == (
-        f"`inputs` tokens + `max_new_tokens` must be <= 64. Given: {given} `inputs` tokens and 1 `max_new_tokens`"
+        "`inputs` tokens + `max_new_tokens` must be <= 64. "
+        f"Given: {given} `inputs` tokens and 1 `max_new_tokens`"
     )
     # with room under max_total_tokens, the input limit itself speaks
     roomy = Validator(tokenizer, ValidationLimits(max_input_tokens=32, max_total_tokens=10_000))
-    assert error(roomy, LONG_TEXT, max_new_tokens=1) == f"`inputs` must have less than 32 tokens. Given: {given}"
+    assert (
+        error(roomy, LONG_TEXT, max_new_tokens=1) == f"`inputs` must have less than 32 tokens. Given: {given}"
+    )
     assert error(roomy, LONG_TEXT) == f"`inputs` must have less than 32 tokens. Given: {given}"
 
 
@@ -180,7 +192,9 @@ def test_no_seed_without_sampling(validator: Validator) -> None:
 
 def test_stop_sequence_count(validator: Validator) -> None:
     assert validate(validator, stop=["a", "b", "c", "d"]).stopping.stop_sequences == ("a", "b", "c", "d")
-    assert error(validator, stop=["a", "b", "c", "d", "e"]) == "`stop` supports up to 4 stop sequences. Given: 5"
+    assert (
+        error(validator, stop=["a", "b", "c", "d", "e"]) == "`stop` supports up to 4 stop sequences. Given: 5"
+    )
 
 
 @pytest.mark.parametrize("value", [6, -1])
@@ -256,9 +270,17 @@ def test_validate_is_thread_safe(validator: Validator) -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["Hello world, plain ASCII.", "Café crème brûlée", "東京は日本の首都です。", "Emoji 🤗 and 👍🏽 too", "mixed é 東 🚀 x"],
+    [
+        "Hello world, plain ASCII.",
+        "Café crème brûlée",
+        "東京は日本の首都です。",
+        "Emoji 🤗 and 👍🏽 too",
+        "mixed é 東 🚀 x",
+    ],
 )
-def test_tokenize_offsets_are_characters(validator: Validator, tokenizer: tokenizers.Tokenizer, text: str) -> None:
+def test_tokenize_offsets_are_characters(
+    validator: Validator, tokenizer: tokenizers.Tokenizer, text: str
+) -> None:
     tokens = validator.tokenize(text)
     assert [t["id"] for t in tokens] == tokenizer.encode(text).ids
     covered: set[int] = set()

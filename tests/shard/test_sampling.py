@@ -87,7 +87,11 @@ def test_penalties_change_the_greedy_choice_and_accept_tensor_histories() -> Non
 def test_penalties_only_touch_their_own_row() -> None:
     torch.manual_seed(1)
     logits = torch.randn(3, 30)
-    params = [SamplingParams(), SamplingParams(repetition_penalty=3.0, frequency_penalty=1.0), SamplingParams()]
+    params = [
+        SamplingParams(),
+        SamplingParams(repetition_penalty=3.0, frequency_penalty=1.0),
+        SamplingParams(),
+    ]
     out = choose(logits, params, [[1, 2, 3], [4, 5], [6]], top_n=30)
     for row in (0, 2):
         ids, values = out.top_tokens[row]
@@ -121,7 +125,9 @@ def test_top_k_one_is_greedy_without_nan() -> None:
     assert out.ids == logits.argmax(-1).tolist()
     assert out.logprobs == [0.0] * 5
     # Only one candidate is left, so only one top token is reported (no -inf entries).
-    assert all(ids == [i] and values == [0.0] for i, (ids, values) in zip(out.ids, out.top_tokens, strict=True))
+    assert all(
+        ids == [i] and values == [0.0] for i, (ids, values) in zip(out.ids, out.top_tokens, strict=True)
+    )
 
 
 def test_top_p_keeps_smallest_set_reaching_p() -> None:
@@ -239,7 +245,9 @@ def test_mixed_greedy_and_sampled_batch() -> None:
 def test_top_n_tokens_sorted_and_consistent_with_logprobs() -> None:
     torch.manual_seed(6)
     logits = torch.randn(3, 40)
-    out = choose(logits, [SamplingParams(), SamplingParams(do_sample=True, seed=3), SamplingParams()], top_n=[5, 3, 0])
+    out = choose(
+        logits, [SamplingParams(), SamplingParams(do_sample=True, seed=3), SamplingParams()], top_n=[5, 3, 0]
+    )
     assert [len(ids) for ids, _ in out.top_tokens] == [5, 3, 0]
     for row, (ids, values) in enumerate(out.top_tokens):
         assert values == sorted(values, reverse=True)
@@ -287,3 +295,18 @@ def test_from_proto_maps_unset_floats_to_neutral() -> None:
     assert params.frequency_penalty == pytest.approx(-0.5)
     assert params.presence_penalty == pytest.approx(0.25)
     RequestSampler(params).next_uniform()  # a u64 seed is accepted
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_gpu_logits_give_the_cpu_choices() -> None:
+    # The random stream is on the CPU, so a seeded request draws the same token on either device.
+    logits = torch.randn(8, 1000, generator=torch.Generator().manual_seed(7)) * 3
+    params = [
+        SamplingParams(do_sample=True, seed=i, top_k=100 if i % 2 else 0, top_p=0.9, repetition_penalty=1.2)
+        for i in range(8)
+    ]
+    histories = [list(range(i, i + 50)) for i in range(8)]
+    cpu = choose(logits, params, histories, top_n=3)
+    gpu = choose(logits.cuda(), params, histories, top_n=3)
+    assert gpu.ids == cpu.ids
+    assert gpu.logprobs == pytest.approx(cpu.logprobs, abs=1e-4)

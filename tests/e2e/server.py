@@ -1,0 +1,75 @@
+"""Run a real `tgi-launch` as a subprocess for end-to-end tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import requests
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class LaunchedServer:
+    url: str
+    process: subprocess.Popen
+    uds_path: str
+    output: list[str] = field(default_factory=list)
+
+    def log(self) -> str:
+        return "".join(self.output[-200:])
+
+    def stop(self, timeout: float = 60.0) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            raise
+
+    def post(self, route: str, json: dict | None = None, **kwargs) -> requests.Response:
+        return requests.post(self.url + route, json=json, timeout=kwargs.pop("timeout", 120), **kwargs)
+
+
+def launch(model_dir: Path | None, *args: str, env: dict[str, str] | None = None,
+           startup_timeout: float = 300.0) -> LaunchedServer:
+    port = free_port()
+    # Unix socket paths are limited to ~108 bytes: keep them short, not under pytest's tmp_path.
+    uds = os.path.join(tempfile.mkdtemp(prefix="tgi"), "s")
+    command = [sys.executable, "-m", "launcher", "--port", str(port), "--shard-uds-path", uds,
+               "--master-port", str(free_port()), *args]
+    if model_dir is not None:
+        command += ["--model-id", str(model_dir)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               env={**os.environ, **(env or {})})
+    server = LaunchedServer(url=f"http://127.0.0.1:{port}", process=process, uds_path=uds)
+    ready = threading.Event()
+
+    def pump() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            server.output.append(line)
+            if "listening on" in line:
+                ready.set()
+
+    threading.Thread(target=pump, daemon=True).start()
+    deadline = time.monotonic() + startup_timeout
+    while not ready.wait(0.2):
+        if process.poll() is not None or time.monotonic() > deadline:
+            server.stop()
+            raise RuntimeError(f"tgi-launch did not start:\n{server.log()}")
+    return server

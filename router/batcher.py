@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from router.metrics import Metrics
 from router.queue import BatchBudget, Entry, Queue
 from router.shard_client import ShardClient, ShardError
 from router.stream import FINISH_REASONS, Finished, Token, TokenEvent
@@ -57,9 +58,10 @@ def _tokens(tokens: pb.Tokens) -> list[Token]:
 
 
 class Batcher:
-    def __init__(self, client: ShardClient, config: SchedulerConfig) -> None:
+    def __init__(self, client: ShardClient, config: SchedulerConfig, metrics: Metrics | None = None) -> None:
         self.client = client
         self.config = config
+        self.metrics = metrics or Metrics()
         self.queue = Queue()
         self.running: dict[int, Entry] = {}
         self.batch: pb.CachedBatch | None = None
@@ -72,6 +74,7 @@ class Batcher:
     def submit(self, request: ValidRequest) -> Entry:
         entry = Entry(request)
         self.queue.append(entry)
+        self.metrics.queue_size.set(len(self.queue))
         self._wake.set()
         return entry
 
@@ -79,6 +82,7 @@ class Batcher:
         """The handler is gone: forget the entry now if it still waits, else at the next step."""
         entry.stream.cancel()
         if self.queue.remove(entry):
+            self.metrics.queue_size.set(len(self.queue))
             return
         self._wake.set()
 
@@ -113,10 +117,14 @@ class Batcher:
     def _cut(self, min_size: int, total_budget: int, max_size: int | None) -> list[Entry]:
         for entry in self.queue.drop_cancelled():
             log.debug("request %d cancelled while queued", entry.id)
-        return self.queue.next_batch(BatchBudget(
+        entries = self.queue.next_batch(BatchBudget(
             prefill_tokens=self.config.max_batch_prefill_tokens, total_tokens=total_budget,
             block_size=self.config.block_size, max_size=max_size, min_size=min_size,
         ))
+        self.metrics.queue_size.set(len(self.queue))
+        if entries:
+            self.metrics.batch_next_size.observe(len(entries))
+        return entries
 
     def _admit(self, waiting_steps: int) -> list[Entry]:
         """New requests join if enough can (ratio of the batch) or the queue has waited long enough."""
@@ -140,22 +148,33 @@ class Batcher:
             self.running[entry.id] = entry
         batch = pb.Batch(id=batch_id, requests=[to_proto(e) for e in entries], size=len(entries),
                          max_tokens=sum(e.max_tokens for e in entries))
-        try:
-            response = await self.client.prefill(batch)
-        except ShardError as exc:
-            self._fail(exc, entries)
-            return None
-        self._dispatch(response.generations)
-        return response.batch if response.HasField("batch") else None
+        return await self._step("prefill", self.client.prefill(batch), entries)
 
     async def _decode(self, batches: list[pb.CachedBatch]) -> pb.CachedBatch | None:
+        return await self._step("decode", self.client.decode(batches), None)
+
+    async def _step(self, method: str, call, entries: list[Entry] | None) -> pb.CachedBatch | None:
+        m = self.metrics
+        m.batch_inference_count.labels(method).inc()
+        start = time.monotonic()
         try:
-            response = await self.client.decode(batches)
+            response = await call
         except ShardError as exc:
-            self._fail(exc, list(self.running.values()))
+            self._fail(exc, entries if entries is not None else list(self.running.values()))
+            self._observe_batch()
             return None
+        m.batch_inference_success.labels(method).inc()
+        m.batch_inference_duration.labels(method).observe(time.monotonic() - start)
+        m.batch_forward_duration.labels(method).observe(response.forward_ns / 1e9)
+        m.batch_decode_duration.labels(method).observe(response.decode_ns / 1e9)
         self._dispatch(response.generations)
+        self._observe_batch()
         return response.batch if response.HasField("batch") else None
+
+    def _observe_batch(self) -> None:
+        self.metrics.batch_current_size.set(len(self.running))
+        self.metrics.batch_current_max_tokens.set(
+            sum(e.cache_tokens(self.config.block_size) for e in self.running.values()))
 
     def _dispatch(self, generations: Iterable[pb.Generation]) -> None:
         self.last_progress = time.monotonic()
@@ -189,11 +208,14 @@ class Batcher:
         for entry in gone:
             del self.running[entry.id]
         keep = [i for i in self.batch.request_ids if i in self.running]
+        start = time.monotonic()
         try:
             self.batch = await self.client.filter_batch(self.batch.id, keep)
         except ShardError as exc:
             self._fail(exc, list(self.running.values()))
             self.batch = None
+        self.metrics.batch_filter_duration.labels("filter").observe(time.monotonic() - start)
+        self._observe_batch()
 
     def _fail(self, exc: ShardError, entries: list[Entry]) -> None:
         log.error("shard call failed: %s", exc)

@@ -13,6 +13,7 @@ from aiohttp import web
 from router.admission import Admission
 from router.batcher import Batcher
 from router.config import RouterConfig
+from router.metrics import Metrics
 from router.queue import Entry
 from router.responses import error_response, generate_body, sse, stream_event
 from router.shard_client import ShardClient, ShardError
@@ -35,6 +36,7 @@ class Router:
     def __init__(self, config: RouterConfig, validator: Validator, batcher: Batcher, client: ShardClient,
                  max_batch_total_tokens: int) -> None:
         self.config = config
+        self.metrics: Metrics = batcher.metrics
         self.validator = validator
         self.batcher = batcher
         self.client = client
@@ -51,6 +53,7 @@ class Router:
             web.post("/tokenize", self.tokenize),
             web.get("/info", self.info),
             web.get("/health", self.health),
+            web.get("/metrics", self.metrics_route),
         ])
         return app
 
@@ -81,26 +84,46 @@ class Router:
 
     async def _admitted(self, request: web.Request, stream: bool | None) -> web.StreamResponse:
         """Admission, validation, queueing, then the answer in the shape the route asks for."""
+        self.metrics.request_count.inc()
         if not self.admission.try_acquire():
+            self.metrics.request_failure.labels("overloaded").inc()
             return self._overloaded()
         entry: Entry | None = None
         try:
             body = await self._read_json_body(request)
             valid, streaming = await self._validate(body, stream)
+            self.metrics.request_validation_duration.observe(valid.validation_seconds)
+            self.metrics.request_input_length.observe(valid.input_length)
+            self.metrics.request_max_new_tokens.observe(valid.stopping.max_new_tokens)
             entry = self.batcher.submit(valid)
             if streaming:
                 return await self._stream(request, valid, entry)
             return await self._complete(valid, entry, as_list=stream is None)
         except ValidationError as exc:
+            self.metrics.request_failure.labels("validation").inc()
             status = 413 if "payload is larger" in str(exc) else 422
             return error_response(status, str(exc), "validation")
         except GenerationFailed as exc:
+            self.metrics.request_failure.labels(exc.event.error_type).inc()
             return error_response(ERROR_STATUS.get(exc.event.error_type, 424), exc.event.message,
                                   exc.event.error_type)
         finally:
             if entry is not None and not entry.stream.done:
+                # The client went away (its handler was cancelled or its socket closed).
+                self.metrics.request_failure.labels("dropped").inc()
                 self.batcher.cancel(entry)
             self.admission.release()
+
+    def _record_success(self, valid: ValidRequest, entry: Entry, generated_tokens: int) -> None:
+        m = self.metrics
+        now = time.monotonic()
+        batched = entry.batched_at or now
+        m.request_success.inc()
+        m.request_duration.observe(now - entry.queued_at + valid.validation_seconds)
+        m.request_queue_duration.observe(batched - entry.queued_at)
+        m.request_inference_duration.observe(now - batched)
+        m.request_mean_time_per_token_duration.observe((now - batched) / max(generated_tokens, 1))
+        m.request_generated_tokens.observe(generated_tokens)
 
     async def _complete(self, valid: ValidRequest, entry: Entry, as_list: bool) -> web.Response:
         start = time.monotonic()
@@ -108,6 +131,7 @@ class Router:
         finished = events[-1].finished
         assert finished is not None
         body = generate_body(valid, events, finished)
+        self._record_success(valid, entry, finished.generated_tokens)
         return web.json_response([body] if as_list else body, headers=self._timing_headers(valid, entry, start,
                                                                                           finished.generated_tokens))
 
@@ -134,10 +158,14 @@ class Router:
         await response.prepare(request)
         try:
             await response.write(sse(stream_event(valid, first)))
+            last = first
             if first.finished is None:
-                async for event in events:
-                    await response.write(sse(stream_event(valid, event)))
+                async for last in events:
+                    await response.write(sse(stream_event(valid, last)))
+            assert last.finished is not None
+            self._record_success(valid, entry, last.finished.generated_tokens)
         except GenerationFailed as exc:
+            self.metrics.request_failure.labels(exc.event.error_type).inc()
             await response.write(sse({"error": exc.event.message, "error_type": exc.event.error_type}))
         except ConnectionResetError:
             log.info("request %d: client went away mid-stream", entry.id)
@@ -184,6 +212,9 @@ class Router:
             "waiting_served_ratio": c.waiting_served_ratio, "max_waiting_tokens": c.max_waiting_tokens,
             "max_batch_size": c.max_batch_size,
         })
+
+    async def metrics_route(self, request: web.Request) -> web.Response:
+        return web.Response(body=self.metrics.render(), content_type="text/plain", charset="utf-8")
 
     async def health(self, request: web.Request) -> web.Response:
         if not self.ready:

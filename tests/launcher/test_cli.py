@@ -192,6 +192,8 @@ def test_model_source_error_exits_one(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "missing: tokenizer.json" in result.output
 
 
-def test_launch_exit_code_is_the_launchers(monkeypatch: pytest.MonkeyPatch, launched: list[LaunchPlan]) -> None:
+def test_launch_exit_code_is_the_launchers(
+    monkeypatch: pytest.MonkeyPatch, launched: list[LaunchPlan]
+) -> None:
     monkeypatch.setattr(cli, "launch", lambda plan: 3)
     assert CliRunner().invoke(cli.main, []).exit_code == 3

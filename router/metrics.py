@@ -1,0 +1,56 @@
+"""Prometheus metrics under TGI's names and types (counters without the `_total` suffix, as TGI has)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+from prometheus_client.exposition import generate_latest
+
+disable_created_metrics()
+
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+TOKEN_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = r = CollectorRegistry()
+        self.request_count = Counter("tgi_request_count", "Requests received", registry=r)
+        self.request_success = Counter("tgi_request_success", "Requests that completed", registry=r)
+        self.request_failure = Counter("tgi_request_failure", "Requests that failed", ["err"], registry=r)
+        self.batch_inference_count = Counter("tgi_batch_inference_count", "Shard calls", ["method"], registry=r)
+        self.batch_inference_success = Counter("tgi_batch_inference_success", "Shard calls that succeeded",
+                                               ["method"], registry=r)
+        self.queue_size = Gauge("tgi_queue_size", "Requests waiting in the queue", registry=r)
+        self.batch_current_size = Gauge("tgi_batch_current_size", "Requests in the running batch", registry=r)
+        self.batch_current_max_tokens = Gauge("tgi_batch_current_max_tokens",
+                                              "KV tokens reserved by the running batch", registry=r)
+        h = self._histogram
+        self.request_duration = h("tgi_request_duration", "End-to-end request time")
+        self.request_validation_duration = h("tgi_request_validation_duration", "Validation time")
+        self.request_queue_duration = h("tgi_request_queue_duration", "Time spent waiting in the queue")
+        self.request_inference_duration = h("tgi_request_inference_duration", "Time from first batch to end")
+        self.request_mean_time_per_token_duration = h("tgi_request_mean_time_per_token_duration",
+                                                      "Inference time divided by generated tokens")
+        self.request_input_length = h("tgi_request_input_length", "Prompt tokens", TOKEN_BUCKETS)
+        self.request_max_new_tokens = h("tgi_request_max_new_tokens", "max_new_tokens asked", TOKEN_BUCKETS)
+        self.request_generated_tokens = h("tgi_request_generated_tokens", "Tokens generated", TOKEN_BUCKETS)
+        self.batch_next_size = h("tgi_batch_next_size", "Size of each new batch", BATCH_BUCKETS)
+        self.batch_forward_duration = h("tgi_batch_forward_duration", "Model forward time", labels=["method"])
+        self.batch_decode_duration = h("tgi_batch_decode_duration", "Token choice and text time",
+                                       labels=["method"])
+        self.batch_filter_duration = h("tgi_batch_filter_duration", "FilterBatch time", labels=["method"])
+        self.batch_inference_duration = h("tgi_batch_inference_duration", "Shard call time", labels=["method"])
+        self._counter_names = [m._name for m in (
+            self.request_count, self.request_success, self.request_failure,
+            self.batch_inference_count, self.batch_inference_success)]
+
+    def _histogram(self, name: str, doc: str, buckets: tuple = DURATION_BUCKETS,
+                   labels: list[str] | None = None) -> Histogram:
+        return Histogram(name, doc, labels or [], buckets=buckets, registry=self.registry)
+
+    def render(self) -> bytes:
+        text = generate_latest(self.registry).decode()
+        for name in self._counter_names:
+            text = text.replace(f"{name}_total", name)
+        return text.encode()

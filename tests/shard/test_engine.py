@@ -1,0 +1,111 @@
+"""The shard engine without gRPC: continuous batching over the paged cache on a tiny random Llama."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+import torch
+
+from shard.cli import build_engine
+from shard.distributed import Distributed
+from shard.engine import Engine
+from tests.model_factory import build_llama
+from tgi_proto import generate_pb2 as pb
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_llama(tmp_path_factory.mktemp("engine-llama"), num_attention_heads=6, num_key_value_heads=2,
+                       suppress_eos=True)
+
+
+def new_engine(model_dir: Path, kv_cache_bytes: int = 4 << 20) -> Engine:
+    args = argparse.Namespace(model_dir=model_dir, dtype="float32", kv_cache_bytes=kv_cache_bytes, block_size=16)
+    engine = build_engine(args, Distributed(0, 1, torch.device("cpu")))
+    engine.warmup(max_input_tokens=64, max_prefill_tokens=128)
+    return engine
+
+
+def req(rid: int, ids: list[int], max_new: int) -> pb.Request:
+    return pb.Request(id=rid, input_ids=ids, stopping_parameters=pb.StoppingCriteriaParameters(max_new_tokens=max_new))
+
+
+def solo(engine: Engine, rid: int, ids: list[int], max_new: int) -> list[int]:
+    result = engine.prefill(pb.Batch(id=1000 + rid, requests=[req(rid, ids, max_new)]), None)
+    out = [g.tokens.ids[0] for g in result.generations]
+    batch = result.batch
+    while batch is not None:
+        result = engine.decode([batch])
+        out += [g.tokens.ids[0] for g in result.generations]
+        batch = result.batch
+    return out
+
+
+A, B, C = [5, 6, 7, 8, 9], [40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55, 56, 57], [100, 3]
+
+
+def test_requests_joining_mid_flight_get_the_same_tokens_as_alone(model_dir: Path) -> None:
+    engine = new_engine(model_dir)
+    expected = {1: solo(engine, 1, A, 12), 2: solo(engine, 2, B, 12), 3: solo(engine, 3, C, 12)}
+    free_at_rest = engine.free_blocks
+    got: dict[int, list[int]] = {1: [], 2: [], 3: []}
+
+    def take(result) -> pb.CachedBatch | None:
+        for g in result.generations:
+            got[g.request_id].append(g.tokens.ids[0])
+        return result.batch
+
+    running = take(engine.prefill(pb.Batch(id=1, requests=[req(1, A, 12)]), None))
+    for _ in range(3):
+        running = take(engine.decode([running]))
+    # B is prefilled alone, then merged by the next Decode.
+    new = take(engine.prefill(pb.Batch(id=2, requests=[req(2, B, 12)]), None))
+    running = take(engine.decode([running, new]))
+    assert sorted(running.request_ids) == [1, 2]
+    # C joins through Prefill's cached_batch: the running requests are carried over, not recomputed.
+    before = {s.id: s.cached_length for s in engine.batches[running.id]}
+    running = take(engine.prefill(pb.Batch(id=3, requests=[req(3, C, 12)]), running))
+    assert sorted(running.request_ids) == [1, 2, 3]
+    assert {s.id: s.cached_length for s in engine.batches[running.id] if s.id != 3} == before
+    while running is not None:
+        running = take(engine.decode([running]))
+    assert got == expected
+    assert engine.free_blocks == free_at_rest
+
+
+def test_filter_frees_the_cache_of_dropped_requests_at_once(model_dir: Path) -> None:
+    engine = new_engine(model_dir)
+    empty = engine.free_blocks
+    result = engine.prefill(pb.Batch(id=1, requests=[req(1, A, 100), req(2, B, 100)]), None)
+    used_both = empty - engine.free_blocks
+    assert used_both == 7 + 8  # ceil(105 / 16) + ceil(118 / 16) blocks reserved up front
+    batch = engine.filter(result.batch.id, [2])
+    assert list(batch.request_ids) == [2]
+    assert engine.free_blocks == empty - 8
+    assert engine.filter(batch.id, []) is None
+    assert engine.free_blocks == empty
+
+
+def test_finished_requests_leave_the_batch_in_the_same_step(model_dir: Path) -> None:
+    engine = new_engine(model_dir)
+    empty = engine.free_blocks
+    result = engine.prefill(pb.Batch(id=1, requests=[req(1, A, 1), req(2, B, 3)]), None)
+    assert result.generations[0].HasField("generated_text")
+    assert list(result.batch.request_ids) == [2]
+    result = engine.decode([result.batch])
+    result = engine.decode([result.batch])
+    assert result.batch is None
+    assert result.generations[0].generated_text.generated_tokens == 3
+    assert engine.free_blocks == empty
+
+
+def test_warmup_sizes_the_cache_from_the_memory_budget(model_dir: Path) -> None:
+    engine = new_engine(model_dir, kv_cache_bytes=1 << 20)
+    cfg = engine.model.config
+    per_token = 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * 4
+    total = engine.warmup(max_input_tokens=64, max_prefill_tokens=128)
+    assert total == (1 << 20) // (per_token * 16) * 16
+    with pytest.raises(MemoryError):
+        engine.warmup(max_input_tokens=64, max_prefill_tokens=total + 64)

@@ -28,6 +28,7 @@ class RouterConfig:
     max_client_batch_size: int
     payload_limit: int
     json_output: bool
+    sse_ping_interval: float = 10.0
 
     @classmethod
     def parse(cls, argv: list[str] | None = None) -> RouterConfig:
@@ -51,6 +52,8 @@ class RouterConfig:
         p.add_argument("--max-client-batch-size", type=int, default=4)
         p.add_argument("--payload-limit", type=int, default=2_000_000)
         p.add_argument("--json-output", action="store_true")
+        p.add_argument("--sse-ping-interval", type=float, default=10.0,
+                       help="seconds between ': ping' comments on an idle SSE stream")
         a = p.parse_args(argv)
         prefill = a.max_batch_prefill_tokens or a.max_input_tokens + 50
         return cls(
@@ -62,5 +65,5 @@ class RouterConfig:
             max_batch_prefill_tokens=prefill, max_batch_total_tokens=a.max_batch_total_tokens,
             max_waiting_tokens=a.max_waiting_tokens, max_batch_size=a.max_batch_size,
             max_client_batch_size=a.max_client_batch_size, payload_limit=a.payload_limit,
-            json_output=a.json_output,
+            json_output=a.json_output, sse_ping_interval=a.sse_ping_interval,
         )

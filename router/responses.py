@@ -15,9 +15,10 @@ def error_response(status: int, message: str, error_type: str, headers: dict | N
     return web.json_response({"error": message, "error_type": error_type}, status=status, headers=headers)
 
 
-def sse(data: dict | str) -> bytes:
+def sse_event(data: dict | str, space: bool = False) -> bytes:
+    """One `data:` event. TGI's native routes write no space after the colon; OpenAI routes do."""
     payload = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False, allow_nan=False)
-    return f"data:{payload}\n\n".encode()
+    return f"data:{' ' if space else ''}{payload}\n\n".encode()
 
 
 def full_text(request: ValidRequest, text: str) -> str:

@@ -68,6 +68,8 @@ class GenerateParameters(BaseModel):
     temperature: float | None = None
     repetition_penalty: float | None = None
     frequency_penalty: float | None = None
+    # OpenAI's presence penalty (not in TGI's native API, which maps it onto repetition_penalty)
+    presence_penalty: float | None = None
     top_k: I32 | None = None
     top_p: float | None = None
     typical_p: float | None = None

@@ -15,8 +15,9 @@ from router.batcher import Batcher
 from router.config import RouterConfig
 from router.metrics import Metrics
 from router.queue import Entry
-from router.responses import error_response, generate_body, sse, stream_event
+from router.responses import error_response, generate_body, sse_event, stream_event
 from router.shard_client import ShardClient, ShardError
+from router.sse import SseResponse, StreamFailedBeforeFirstByte, pump_events
 from router.stream import ErrorEvent, TokenEvent
 from router.types import ValidRequest
 from router.validation import ValidationError, Validator, parse_generate_request
@@ -149,29 +150,23 @@ class Router:
         }
 
     async def _stream(self, request: web.Request, valid: ValidRequest, entry: Entry) -> web.StreamResponse:
-        events = self._events(entry)
-        # Wait for the first token before sending headers, so an early failure is a real HTTP status.
-        first = await events.__anext__()
-        response = web.StreamResponse(headers={
-            "Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no",
-        })
-        await response.prepare(request)
+        sse = SseResponse(request)
         try:
-            await response.write(sse(stream_event(valid, first)))
-            last = first
-            if first.finished is None:
-                async for last in events:
-                    await response.write(sse(stream_event(valid, last)))
-            assert last.finished is not None
-            self._record_success(valid, entry, last.finished.generated_tokens)
-        except GenerationFailed as exc:
-            self.metrics.request_failure.labels(exc.event.error_type).inc()
-            await response.write(sse({"error": exc.event.message, "error_type": exc.event.error_type}))
+            last = await pump_events(
+                sse, entry.stream, lambda e: sse_event(stream_event(valid, e)),
+                lambda e: sse_event({"error": e.message, "error_type": e.error_type}), self.config.sse_ping_interval,
+            )
+        except StreamFailedBeforeFirstByte as exc:
+            raise GenerationFailed(exc.event) from exc
         except ConnectionResetError:
             log.info("request %d: client went away mid-stream", entry.id)
-            return response
-        await response.write_eof()
-        return response
+            return sse.response or web.Response(status=499)
+        if last is None:
+            self.metrics.request_failure.labels("generation").inc()
+        else:
+            assert last.finished is not None
+            self._record_success(valid, entry, last.finished.generated_tokens)
+        return await sse.end()
 
     # ---- routes -------------------------------------------------------------------------------
     async def generate(self, request: web.Request) -> web.StreamResponse:

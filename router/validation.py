@@ -255,6 +255,7 @@ def _sampling_parameters(params: GenerateParameters) -> SamplingParameters:
         seed=seed if do_sample else None,
         repetition_penalty=1.0 if params.repetition_penalty is None else params.repetition_penalty,
         frequency_penalty=0.0 if params.frequency_penalty is None else params.frequency_penalty,
+        presence_penalty=0.0 if params.presence_penalty is None else params.presence_penalty,
     )
 
 
@@ -265,6 +266,8 @@ def _check_sampling_ranges(params: GenerateParameters) -> None:
         raise ValidationError("`repetition_penalty` must be strictly positive")
     if params.frequency_penalty is not None and not -2.0 <= params.frequency_penalty <= 2.0:
         raise ValidationError("`frequency_penalty` must be >= -2.0 and <= 2.0")
+    if params.presence_penalty is not None and not -2.0 <= params.presence_penalty <= 2.0:
+        raise ValidationError("`presence_penalty` must be >= -2.0 and <= 2.0")
     # 1.0 is the neutral value internally, but TGI refuses it from users (its own unit test).
     if params.top_p is not None and not 0.0 < params.top_p < 1.0:
         raise ValidationError("`top_p` must be > 0.0 and < 1.0")

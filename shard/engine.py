@@ -16,7 +16,7 @@ from shard.kv_cache import BlockAllocator, KVCache, blocks_needed, context_slots
 from shard.models.llama import AttentionInputs, LlamaModel
 from shard.request_state import RequestState
 from shard.sampling import RequestSampler, SamplingParams, choose_tokens
-from shard.stopping import StoppingCriteria
+from shard.stopping import StoppingCriteria, StopSequenceFilter
 from tgi_proto import generate_pb2 as pb
 
 log = logging.getLogger("shard.engine")
@@ -99,9 +99,9 @@ class Engine:
             all_ids=ids,
             block_table=table,
             sampler=RequestSampler(SamplingParams.from_proto(request.parameters)),
-            stopping=StoppingCriteria(self.eos_token_ids, max_new, list(stopping.stop_sequences),
-                                      stopping.ignore_eos_token),
+            stopping=StoppingCriteria(self.eos_token_ids, max_new, stopping.ignore_eos_token),
             detokenizer=IncrementalDetokenizer(self.tokenizer, ids, self.special_ids),
+            stop_filter=StopSequenceFilter(list(stopping.stop_sequences)),
             top_n_tokens=request.top_n_tokens,
             prefill_logprobs=request.prefill_logprobs,
         )
@@ -195,14 +195,20 @@ class Engine:
         for i, s in enumerate(states):
             token_id = chosen.ids[i]
             s.all_ids.append(token_id)
-            text = s.detokenizer.step(token_id)
-            s.finish_reason = s.stopping.check(token_id, s.detokenizer.text)
-            if s.finish_reason is not None:
-                text += s.detokenizer.finish()
+            special = token_id in self.special_ids
+            raw, released, matched = s.detokenizer.step(token_id), "", False
+            if not special:
+                released, matched = s.stop_filter.push(raw)
+            s.finish_reason = s.stopping.check(token_id, matched)
+            if s.finish_reason is not None and not matched:
+                tail, tail_matched = s.stop_filter.push(s.detokenizer.finish())
+                released += tail if tail_matched else tail + s.stop_filter.flush()
+            s.text += released
+            # A special token shows its own string; text it flushed at the end is in generated_text only.
+            text = raw if special else released
             generation = pb.Generation(
                 request_id=s.id,
-                tokens=pb.Tokens(ids=[token_id], logprobs=[chosen.logprobs[i]], texts=[text],
-                                 is_special=[token_id in self.special_ids]),
+                tokens=pb.Tokens(ids=[token_id], logprobs=[chosen.logprobs[i]], texts=[text], is_special=[special]),
             )
             if prefill_tokens[i] is not None:
                 generation.prefill_tokens.CopyFrom(prefill_tokens[i])
@@ -214,7 +220,7 @@ class Engine:
                     is_special=[t in self.special_ids for t in top_ids],
                 ))
             if s.finish_reason is not None:
-                generated = pb.GeneratedText(text=s.detokenizer.text, generated_tokens=len(s.generated_ids),
+                generated = pb.GeneratedText(text=s.text, generated_tokens=len(s.generated_ids),
                                              finish_reason=int(s.finish_reason))
                 if s.sampler.params.do_sample:
                     generated.seed = s.sampler.params.seed

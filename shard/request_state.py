@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from shard.detokenize import IncrementalDetokenizer
 from shard.sampling import RequestSampler
-from shard.stopping import FinishReason, StoppingCriteria
+from shard.stopping import FinishReason, StoppingCriteria, StopSequenceFilter
 
 
 @dataclass
@@ -19,11 +19,14 @@ class RequestState:
     sampler: RequestSampler
     stopping: StoppingCriteria
     detokenizer: IncrementalDetokenizer
+    stop_filter: StopSequenceFilter
     top_n_tokens: int = 0
     prefill_logprobs: bool = False
     # Tokens whose keys/values are in the cache; the newest generated token is not, until the next step.
     cached_length: int = 0
     finish_reason: FinishReason | None = field(default=None)
+    # Text released to the client so far: generated_text at the end.
+    text: str = ""
 
     @property
     def generated_ids(self) -> list[int]:

@@ -1,8 +1,7 @@
 """When a request stops: EOS token, a stop string in the output, or max_new_tokens.
 
-The engine calls `StoppingCriteria.check` once per generated token with the running (non-special) text,
-so the check keeps O(1) work per token: it only looks at the part of the text where a stop string could
-newly end, never the whole output.
+Per token, the engine passes the newly decoded text through `StopSequenceFilter` (which holds back what
+could start a stop string) and then asks `StoppingCriteria.check`; both do O(1) work per token.
 """
 
 from __future__ import annotations
@@ -24,6 +23,49 @@ class FinishReason(enum.IntEnum):
     STOP_SEQUENCE = 2
 
 
+class StopSequenceFilter:
+    """Releases generated text only once it cannot be the start of a stop sequence.
+
+    Text that might begin a stop string is held back; when a stop string completes, the text before it
+    is released and the stop string (and anything after it in the same token) never is. So no client
+    sees a partial or whole stop sequence, on any route, and the final text equals what was streamed.
+    (TGI keeps the stop string in generated_text; OpenAI drops it. We drop it everywhere, consistently.)
+    """
+
+    def __init__(self, stop_sequences: Sequence[str]) -> None:
+        # Empty strings would match everywhere and stop at once.
+        self.stop_sequences = tuple(s for s in stop_sequences if s)
+        self._pending = ""
+
+    def push(self, text: str) -> tuple[str, bool]:
+        """Add new text; return (text safe to release now, whether a stop sequence completed)."""
+        if not self.stop_sequences:
+            return text, False
+        buffer = self._pending + text
+        hits = [i for i in (buffer.find(s) for s in self.stop_sequences) if i >= 0]
+        if hits:
+            self._pending = ""
+            return buffer[: min(hits)], True
+        hold = self._longest_stop_prefix_suffix(buffer)
+        self._pending = buffer[len(buffer) - hold:] if hold else ""
+        return buffer[: len(buffer) - hold], False
+
+    def flush(self) -> str:
+        """Generation ended for another reason: what was held back is ordinary text after all."""
+        pending, self._pending = self._pending, ""
+        return pending
+
+    def _longest_stop_prefix_suffix(self, buffer: str) -> int:
+        # Only the last (longest stop - 1) characters can start an unfinished stop sequence.
+        best = 0
+        for stop in self.stop_sequences:
+            for k in range(min(len(stop) - 1, len(buffer)), best, -1):
+                if buffer.endswith(stop[:k]):
+                    best = k
+                    break
+        return best
+
+
 class StoppingCriteria:
     """Per-request stop state, fed one token at a time.
 
@@ -33,46 +75,22 @@ class StoppingCriteria:
     own stop string actually ended it.
     """
 
-    def __init__(
-        self,
-        eos_token_ids: frozenset[int],
-        max_new_tokens: int,
-        stop_sequences: Sequence[str] = (),
-        ignore_eos_token: bool = False,
-    ) -> None:
+    def __init__(self, eos_token_ids: frozenset[int], max_new_tokens: int, ignore_eos_token: bool = False) -> None:
         self.eos_token_ids = eos_token_ids
         self.max_new_tokens = max_new_tokens
-        # Empty strings would match everywhere and stop at once; the router should not send them.
-        self.stop_sequences = tuple(s for s in stop_sequences if s)
         self.ignore_eos_token = ignore_eos_token
         self.current_tokens = 0
-        self._max_stop_len = max((len(s) for s in self.stop_sequences), default=0)
-        # Length of the text already searched; a match must end after this point to be new.
-        self._searched_len = 0
 
-    def check(self, token_id: int, generated_text: str) -> FinishReason | None:
+    def check(self, token_id: int, stop_sequence_matched: bool = False) -> FinishReason | None:
         """Count one token; return why generation stops now, or None to go on."""
         self.current_tokens += 1
         if not self.ignore_eos_token and token_id in self.eos_token_ids:
             return FinishReason.EOS_TOKEN
-        if self.stop_sequences and self._stop_sequence_in_tail(generated_text):
+        if stop_sequence_matched:
             return FinishReason.STOP_SEQUENCE
         if self.current_tokens >= self.max_new_tokens:
             return FinishReason.LENGTH
         return None
-
-    def _stop_sequence_in_tail(self, text: str) -> bool:
-        end = len(text)
-        if end <= self._searched_len:
-            # No new text (a held-back partial character or a special token): nothing new can match.
-            # A shorter text than before would mean the caller reset it; start over from there.
-            self._searched_len = min(self._searched_len, end)
-            return False
-        # A match that ends in the new text starts at most max_len - 1 chars before it.
-        start = max(0, self._searched_len - self._max_stop_len + 1)
-        tail = text[start:]
-        self._searched_len = end
-        return any(s in tail for s in self.stop_sequences)
 
 
 def _as_id_list(value: Any) -> list[int]:

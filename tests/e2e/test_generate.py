@@ -90,18 +90,22 @@ def test_sampling_with_a_seed_is_reproducible_and_reports_the_seed(server: Launc
     assert isinstance(unseeded["details"]["seed"], int)
 
 
-def test_stop_sequence_ends_generation(server: LaunchedServer) -> None:
+def test_stop_sequence_ends_generation_and_never_reaches_the_client(server: LaunchedServer) -> None:
     free = server.post("/generate", {"inputs": "Hello world", "parameters": {"max_new_tokens": 20}}).json()
     text = free["generated_text"]
-    stop = text[5:8]
-    assert stop and stop in text
-    stopped = server.post("/generate", {"inputs": "Hello world", "parameters": {
-        "max_new_tokens": 20, "stop": [stop], "details": True}}).json()
+    stop = text[5:9]
+    body = {"inputs": "Hello world", "parameters": {"max_new_tokens": 20, "stop": [stop], "details": True}}
+    stopped = server.post("/generate", body).json()
     assert stopped["details"]["finish_reason"] == "stop_sequence"
-    assert stopped["details"]["generated_tokens"] < 20
-    # TGI keeps the stop string (and the rest of the token that completed it) in generated_text.
-    cut = stopped["generated_text"].index(stop) + len(stop)
-    assert text.startswith(stopped["generated_text"][:cut])
+    # Ours: the stop string is cut from the output (as OpenAI does), on every route alike.
+    assert stopped["generated_text"] == text[: text.index(stop)]
+    events = stream(server.url + "/generate_stream", body)
+    assert events[-1]["details"]["finish_reason"] == "stop_sequence"
+    streamed = ""
+    for event in events:
+        streamed += event["token"]["text"]
+        assert stop not in streamed
+    assert streamed == stopped["generated_text"] == events[-1]["generated_text"]
 
 
 def test_return_full_text_decoder_details_and_top_tokens(server: LaunchedServer) -> None:

@@ -9,21 +9,11 @@ from pathlib import Path
 import pytest
 from tokenizers import Tokenizer
 
-from shard.stopping import FinishReason, StoppingCriteria, eos_token_ids_for
+from shard.stopping import FinishReason, StoppingCriteria, StopSequenceFilter, eos_token_ids_for
 from tests.model_factory import build_tokenizer
 from tgi_proto import generate_pb2
 
 EOS = 2
-
-
-def feed(criteria: StoppingCriteria, pieces: Sequence[str], token_id: int = 7) -> list[FinishReason | None]:
-    """Feed text pieces one token each, as the engine does with the running text."""
-    text = ""
-    results = []
-    for piece in pieces:
-        text += piece
-        results.append(criteria.check(token_id, text))
-    return results
 
 
 def test_finish_reason_numbers_match_proto() -> None:
@@ -34,60 +24,65 @@ def test_finish_reason_numbers_match_proto() -> None:
 
 def test_length_stops_at_max_new_tokens() -> None:
     criteria = StoppingCriteria(frozenset({EOS}), max_new_tokens=3)
-    assert feed(criteria, ["a", "b", "c"]) == [None, None, FinishReason.LENGTH]
+    assert [criteria.check(7) for _ in range(3)] == [None, None, FinishReason.LENGTH]
 
 
 def test_eos_stops_unless_ignored() -> None:
-    assert StoppingCriteria(frozenset({EOS, 5}), 10).check(5, "") == FinishReason.EOS_TOKEN
+    assert StoppingCriteria(frozenset({EOS, 5}), 10).check(5) == FinishReason.EOS_TOKEN
     ignoring = StoppingCriteria(frozenset({EOS}), 2, ignore_eos_token=True)
-    assert ignoring.check(EOS, "") is None
-    assert ignoring.check(EOS, "") == FinishReason.LENGTH
+    assert ignoring.check(EOS) is None
+    assert ignoring.check(EOS) == FinishReason.LENGTH
 
 
-def test_stop_sequence_split_across_tokens() -> None:
-    criteria = StoppingCriteria(frozenset({EOS}), 100, stop_sequences=["</answer>"])
-    results = feed(criteria, ["The", " answer", "</", "ans", "wer", "> more"])
-    assert results == [None] * 4 + [None, FinishReason.STOP_SEQUENCE]
+def test_precedence_eos_then_stop_sequence_then_length() -> None:
+    assert StoppingCriteria(frozenset({EOS}), 1).check(EOS, True) == FinishReason.EOS_TOKEN
+    assert StoppingCriteria(frozenset({EOS}), 1).check(7, True) == FinishReason.STOP_SEQUENCE
+    assert StoppingCriteria(frozenset({EOS}), 1).check(7, False) == FinishReason.LENGTH
 
 
-def test_stop_sequence_inside_a_long_new_piece() -> None:
-    # The match need not end at the end of the text: a multi-character token can carry text past it.
-    criteria = StoppingCriteria(frozenset(), 100, stop_sequences=["STOP"])
-    assert feed(criteria, ["abc", "xxSTOPyyzz"]) == [None, FinishReason.STOP_SEQUENCE]
+def run_filter(stops: Sequence[str], pieces: Sequence[str]) -> tuple[list[str], bool, str]:
+    f = StopSequenceFilter(stops)
+    released = []
+    for piece in pieces:
+        text, matched = f.push(piece)
+        released.append(text)
+        if matched:
+            return released, True, ""
+    return released, False, f.flush()
 
 
-def test_old_text_is_not_searched_again() -> None:
-    # A stop string that was present before the criteria saw any text (impossible in practice) is
-    # outside the searched tail once the text grows past it: proof that only the tail is read.
-    criteria = StoppingCriteria(frozenset(), 100, stop_sequences=["ab"])
-    criteria.check(7, "x" * 10)
-    assert criteria.check(7, "ab" + "x" * 20) is None
+def test_stop_sequence_split_across_tokens_is_never_released() -> None:
+    released, matched, _ = run_filter(["</answer>"], ["The", " answer", "</", "ans", "wer", "> more"])
+    assert matched
+    assert released == ["The", " answer", "", "", "", ""]
+    assert "".join(released) == "The answer"
 
 
-def test_held_back_text_and_special_tokens_do_not_rematch() -> None:
-    criteria = StoppingCriteria(frozenset(), 100, stop_sequences=["zz", "yy"])
-    assert criteria.check(7, "ab") is None
-    assert criteria.check(8, "ab") is None  # a token whose text was held back
-    assert criteria.check(9, "abz") is None
-    assert criteria.check(9, "abzz") == FinishReason.STOP_SEQUENCE
+def test_stop_sequence_inside_a_long_piece_cuts_there() -> None:
+    released, matched, _ = run_filter(["STOP"], ["abc", "xxSTOPyyzz"])
+    assert matched and "".join(released) == "abcxx"
+
+
+def test_false_start_is_released_when_it_stops_matching() -> None:
+    released, matched, rest = run_filter(["<end>"], ["a<", "en", "x", "b"])
+    assert not matched
+    assert released == ["a", "", "<enx", "b"]
+    assert rest == ""
+
+
+def test_held_back_prefix_is_flushed_when_generation_ends_otherwise() -> None:
+    released, matched, rest = run_filter(["zz"], ["ab", "z"])
+    assert not matched and "".join(released) + rest == "abz"
+
+
+def test_earliest_of_several_stop_sequences_wins() -> None:
+    released, matched, _ = run_filter(["yy", "xx"], ["a", "bxxcyy"])
+    assert matched and "".join(released) == "ab"
 
 
 def test_empty_stop_sequences_are_ignored() -> None:
-    criteria = StoppingCriteria(frozenset(), 3, stop_sequences=[""])
-    assert feed(criteria, ["a", "b"]) == [None, None]
-
-
-@pytest.mark.parametrize(
-    ("token_id", "text", "expected"),
-    [
-        (EOS, "done STOP", FinishReason.EOS_TOKEN),  # EOS wins over a stop string and length
-        (7, "done STOP", FinishReason.STOP_SEQUENCE),  # a stop string wins over length
-        (7, "done", FinishReason.LENGTH),
-    ],
-)
-def test_precedence_on_the_last_allowed_token(token_id: int, text: str, expected: FinishReason) -> None:
-    criteria = StoppingCriteria(frozenset({EOS}), max_new_tokens=1, stop_sequences=["STOP"])
-    assert criteria.check(token_id, text) == expected
+    released, matched, rest = run_filter([""], ["a", "b"])
+    assert not matched and "".join(released) == "ab"
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
@@ -16,6 +16,7 @@ from router.config import RouterConfig
 from router.metrics import Metrics
 from router.queue import Entry
 from router.responses import error_response, generate_body, sse_event, stream_event
+from router.schemas import GenerateRequest
 from router.shard_client import ShardClient, ShardError
 from router.sse import SseResponse, StreamFailedBeforeFirstByte, pump_events
 from router.stream import ErrorEvent, TokenEvent
@@ -31,6 +32,39 @@ class GenerationFailed(Exception):
     def __init__(self, event: ErrorEvent) -> None:
         super().__init__(event.message)
         self.event = event
+
+
+class Overloaded(Exception):
+    """A multi-prompt request could not get a slot for every prompt."""
+
+
+class Admitted:
+    """One admitted HTTP request: its admission slots and the entries it queued."""
+
+    def __init__(self, router: Router) -> None:
+        self.router = router
+        self.slots = 1
+        self.entries: list[Entry] = []
+
+    def reserve(self, extra: int) -> None:
+        for _ in range(extra):
+            if not self.router.admission.try_acquire():
+                raise Overloaded()
+            self.slots += 1
+
+    def submit(self, valid: ValidRequest) -> Entry:
+        entry = self.router.batcher.submit(valid)
+        self.entries.append(entry)
+        return entry
+
+    def close(self) -> None:
+        for entry in self.entries:
+            if not entry.stream.done:
+                # The client went away (its handler was cancelled or its socket closed).
+                self.router.metrics.request_failure.labels("dropped").inc()
+                self.router.batcher.cancel(entry)
+        for _ in range(self.slots):
+            self.router.admission.release()
 
 
 class Router:
@@ -65,12 +99,6 @@ class Router:
         except web.HTTPRequestEntityTooLarge as exc:
             raise ValidationError(f"payload is larger than the limit of {self.config.payload_limit} bytes") from exc
 
-    async def _validate(self, body: bytes, stream: bool | None) -> tuple[ValidRequest, bool]:
-        parsed = parse_generate_request(body)
-        streaming = parsed.stream if stream is None else stream
-        valid = await asyncio.to_thread(self.validator.validate, parsed, stream=streaming)
-        return valid, streaming
-
     def _overloaded(self) -> web.Response:
         return error_response(429, "Model is overloaded", "overloaded", headers={"Retry-After": "1"})
 
@@ -83,39 +111,59 @@ class Router:
             if event.finished is not None:
                 return
 
-    async def _admitted(self, request: web.Request, stream: bool | None) -> web.StreamResponse:
-        """Admission, validation, queueing, then the answer in the shape the route asks for."""
+    async def collect(self, entry: Entry) -> list[TokenEvent]:
+        """Every token event of a request, for non-streaming answers; raises GenerationFailed."""
+        return [e async for e in self._events(entry)]
+
+    async def validate(self, parsed: GenerateRequest, stream: bool, add_special_tokens: bool = True) -> ValidRequest:
+        valid = await asyncio.to_thread(self.validator.validate, parsed, stream=stream,
+                                        add_special_tokens=add_special_tokens)
+        self.metrics.request_validation_duration.observe(valid.validation_seconds)
+        self.metrics.request_input_length.observe(valid.input_length)
+        self.metrics.request_max_new_tokens.observe(valid.stopping.max_new_tokens)
+        return valid
+
+    async def handle(self, request: web.Request, work: Callable[[bytes, Admitted], Awaitable[web.StreamResponse]]
+                     ) -> web.StreamResponse:
+        """Admission, then `work` (parse, validate, submit, answer); errors become statuses; cleanup always.
+
+        Every route that generates goes through here, so overload, validation, failures and clients that
+        disconnect are handled the same way everywhere.
+        """
         self.metrics.request_count.inc()
         if not self.admission.try_acquire():
             self.metrics.request_failure.labels("overloaded").inc()
             return self._overloaded()
-        entry: Entry | None = None
+        admitted = Admitted(self)
         try:
-            body = await self._read_json_body(request)
-            valid, streaming = await self._validate(body, stream)
-            self.metrics.request_validation_duration.observe(valid.validation_seconds)
-            self.metrics.request_input_length.observe(valid.input_length)
-            self.metrics.request_max_new_tokens.observe(valid.stopping.max_new_tokens)
-            entry = self.batcher.submit(valid)
-            if streaming:
-                return await self._stream(request, valid, entry)
-            return await self._complete(valid, entry, as_list=stream is None)
+            return await work(await self._read_json_body(request), admitted)
+        except Overloaded:
+            self.metrics.request_failure.labels("overloaded").inc()
+            return self._overloaded()
         except ValidationError as exc:
             self.metrics.request_failure.labels("validation").inc()
             status = 413 if "payload is larger" in str(exc) else 422
-            return error_response(status, str(exc), "validation")
+            return error_response(status, str(exc), getattr(exc, "error_type", "validation"))
         except GenerationFailed as exc:
             self.metrics.request_failure.labels(exc.event.error_type).inc()
             return error_response(ERROR_STATUS.get(exc.event.error_type, 424), exc.event.message,
                                   exc.event.error_type)
         finally:
-            if entry is not None and not entry.stream.done:
-                # The client went away (its handler was cancelled or its socket closed).
-                self.metrics.request_failure.labels("dropped").inc()
-                self.batcher.cancel(entry)
-            self.admission.release()
+            admitted.close()
 
-    def _record_success(self, valid: ValidRequest, entry: Entry, generated_tokens: int) -> None:
+    async def _native(self, request: web.Request, stream: bool | None) -> web.StreamResponse:
+        async def work(body: bytes, admitted: Admitted) -> web.StreamResponse:
+            parsed = parse_generate_request(body)
+            streaming = parsed.stream if stream is None else stream
+            valid = await self.validate(parsed, streaming)
+            entry = admitted.submit(valid)
+            if streaming:
+                return await self._stream(request, valid, entry)
+            return await self._complete(valid, entry, as_list=stream is None)
+
+        return await self.handle(request, work)
+
+    def record_success(self, valid: ValidRequest, entry: Entry, generated_tokens: int) -> None:
         m = self.metrics
         now = time.monotonic()
         batched = entry.batched_at or now
@@ -128,11 +176,11 @@ class Router:
 
     async def _complete(self, valid: ValidRequest, entry: Entry, as_list: bool) -> web.Response:
         start = time.monotonic()
-        events = [e async for e in self._events(entry)]
+        events = await self.collect(entry)
         finished = events[-1].finished
         assert finished is not None
         body = generate_body(valid, events, finished)
-        self._record_success(valid, entry, finished.generated_tokens)
+        self.record_success(valid, entry, finished.generated_tokens)
         return web.json_response([body] if as_list else body, headers=self._timing_headers(valid, entry, start,
                                                                                           finished.generated_tokens))
 
@@ -165,19 +213,19 @@ class Router:
             self.metrics.request_failure.labels("generation").inc()
         else:
             assert last.finished is not None
-            self._record_success(valid, entry, last.finished.generated_tokens)
+            self.record_success(valid, entry, last.finished.generated_tokens)
         return await sse.end()
 
     # ---- routes -------------------------------------------------------------------------------
     async def generate(self, request: web.Request) -> web.StreamResponse:
-        return await self._admitted(request, stream=False)
+        return await self._native(request, stream=False)
 
     async def generate_stream(self, request: web.Request) -> web.StreamResponse:
-        return await self._admitted(request, stream=True)
+        return await self._native(request, stream=True)
 
     async def compat_generate(self, request: web.Request) -> web.StreamResponse:
         # POST /: the body's own `stream` decides; non-streaming answers a one-element list.
-        return await self._admitted(request, stream=None)
+        return await self._native(request, stream=None)
 
     async def tokenize(self, request: web.Request) -> web.Response:
         try:

@@ -11,8 +11,10 @@ import sys
 from aiohttp import web
 
 from router.batcher import Batcher, SchedulerConfig
+from router.chat_template import ChatTemplate
 from router.config import RouterConfig
 from router.logs import setup_logging
+from router.openai_routes import OpenAIRoutes
 from router.queue import blocks_for
 from router.server import Router
 from router.shard_client import ShardClient
@@ -48,9 +50,11 @@ async def start(config: RouterConfig) -> None:
         max_best_of=config.max_best_of,
     ))
     router = Router(config, validator, batcher, client, max_batch_total)
+    app = router.app()
+    OpenAIRoutes(router, ChatTemplate.load(config.tokenizer_dir)).add_to(app)
     loop_task = asyncio.create_task(batcher.run(), name="batcher")
     # A client that disconnects cancels its handler, which takes its request out of the batch.
-    runner = web.AppRunner(router.app(), handler_cancellation=True, access_log=None)
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, config.hostname, config.port)
     await site.start()

@@ -9,7 +9,8 @@ Where OpenAI and TGI differ, the mapping follows TGI's router (lib.rs / server.r
   `Some(0.0) => (do_sample=false, temperature=None), other => (true, other)`).
 - max_tokens absent: all the room left under max_total_tokens (TGI v3; v2 used 100).
 - ours: presence_penalty is OpenAI's additive penalty (TGI turns it into repetition_penalty + 2).
-- ours: top_p 1.0 means "off" (TGI passes it on and its validator refuses it).
+- ours: top_p 1.0 means "off" (TGI passes it on and its validator refuses it), and top_p is
+  dropped with temperature 0 so that greedy stays greedy.
 """
 
 from __future__ import annotations
@@ -36,20 +37,6 @@ def _stop_list(value: object) -> object:
     if isinstance(value, str):
         return [value]
     raise PydanticCustomError("stop_type", "must be a string or a list of strings")
-
-
-def _check_n(value: int | None) -> int | None:
-    if value is not None and value != 1:
-        raise PydanticCustomError(
-            "unsupported", "only one choice per request is supported (`n` must be 1). Given: {n}", {"n": value}
-        )
-    return value
-
-
-def _check_logit_bias(value: Any) -> Any:
-    if value:
-        raise PydanticCustomError("unsupported", "`logit_bias` is not supported by this server yet")
-    return value
 
 
 def _sampling(temperature: float | None) -> tuple[bool, float | None]:
@@ -137,7 +124,10 @@ class ChatMessage(BaseModel):
     def template_dict(self) -> dict[str, Any]:
         """The message as the chat template sees it: content flattened to one string (TGI joins text
         parts with no separator), optional keys only when given (templates test `'name' in message`)."""
-        out: dict[str, Any] = {"role": self.role, "content": flatten_content(_plain(self.content))}
+        content = self.content
+        if isinstance(content, list):
+            content = [part.model_dump() for part in content]
+        out: dict[str, Any] = {"role": self.role, "content": flatten_content(content)}
         for key in ("name", "tool_calls", "tool_call_id"):
             value = getattr(self, key)
             if value is not None:
@@ -145,21 +135,10 @@ class ChatMessage(BaseModel):
         return out
 
 
-def _plain(content: str | list[TextPart] | None) -> str | list[dict[str, Any]] | None:
-    if isinstance(content, list):
-        return [part.model_dump() for part in content]
-    return content
-
-
 class StreamOptions(BaseModel):
     model_config = _MODEL_CONFIG
 
-    include_usage: bool = False
-
-    @field_validator("include_usage", mode="before")
-    @classmethod
-    def _null_is_false(cls, value: object) -> object:
-        return False if value is None else value
+    include_usage: bool | None = None
 
 
 class _OpenAIRequest(BaseModel):
@@ -194,24 +173,32 @@ class _OpenAIRequest(BaseModel):
     @field_validator("n")
     @classmethod
     def _n_is_one(cls, value: int | None) -> int | None:
-        return _check_n(value)
+        if value is not None and value != 1:
+            raise PydanticCustomError(
+                "unsupported", "only 1 is supported (one choice per request). Given: {n}", {"n": value}
+            )
+        return value
 
     @field_validator("logit_bias")
     @classmethod
     def _no_logit_bias(cls, value: Any) -> Any:
-        return _check_logit_bias(value)
+        if value:
+            raise PydanticCustomError("unsupported", "not supported by this server yet")
+        return value
 
     @property
     def include_usage(self) -> bool:
         """Whether a streamed response ends with a usage chunk."""
-        return self.stream_options is not None and self.stream_options.include_usage
+        return self.stream_options is not None and bool(self.stream_options.include_usage)
 
     def _common_parameters(self, max_new_tokens: int | None) -> dict[str, Any]:
         do_sample, temperature = _sampling(self.temperature)
         return {
             "do_sample": do_sample,
             "temperature": temperature,
-            "top_p": _top_p(self.top_p),
+            # ours: TGI keeps top_p with temperature 0, and any warper turns sampling back on
+            # (at temperature 1); OpenAI's temperature 0 means greedy, whatever top_p says.
+            "top_p": _top_p(self.top_p) if do_sample else None,
             "seed": self.seed,
             "stop": self.stop or [],
             "frequency_penalty": self.frequency_penalty,
@@ -228,17 +215,12 @@ class ChatCompletionRequest(_OpenAIRequest):
     messages: list[ChatMessage]
     # OpenAI's newer name for max_tokens; it wins when both are given
     max_completion_tokens: U32 | None = None
-    logprobs: bool = False
+    logprobs: bool | None = None
     top_logprobs: Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS)] | None = None
     response_format: dict[str, Any] | None = None
     tools: list[dict[str, Any]] | None = None
     tool_choice: Utf8Str | dict[str, Any] | None = None
     tool_prompt: Utf8Str | None = None  # TGI's extension: the text put before the tool list
-
-    @field_validator("logprobs", mode="before")
-    @classmethod
-    def _null_is_false(cls, value: object) -> object:
-        return False if value is None else value
 
     @field_validator("messages")
     @classmethod
@@ -273,13 +255,8 @@ class CompletionRequest(_OpenAIRequest):
     prompt: Utf8Str | list[Utf8Str]
     repetition_penalty: float | None = None
     suffix: Utf8Str | None = None
-    echo: bool = False
+    echo: bool | None = None
     logprobs: Annotated[int, Field(ge=0, le=MAX_COMPLETION_LOGPROBS)] | None = None
-
-    @field_validator("echo", mode="before")
-    @classmethod
-    def _null_is_false(cls, value: object) -> object:
-        return False if value is None else value
 
     @field_validator("prompt", mode="before")
     @classmethod
@@ -326,7 +303,7 @@ class CompletionRequest(_OpenAIRequest):
         params["repetition_penalty"] = self.repetition_penalty
         params["top_n_tokens"] = self.logprobs
         # echo: the prompt comes back in front of the completion
-        params["return_full_text"] = self.echo
+        params["return_full_text"] = bool(self.echo)
         return GenerateParameters(**params)
 
 

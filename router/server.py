@@ -12,6 +12,7 @@ from aiohttp import web
 
 from router.admission import Admission
 from router.batcher import Batcher
+from router.chat_template import TemplateError
 from router.config import RouterConfig
 from router.metrics import Metrics
 from router.queue import Entry
@@ -144,6 +145,9 @@ class Router:
             self.metrics.request_failure.labels("validation").inc()
             status = 413 if "payload is larger" in str(exc) else 422
             return error_response(status, str(exc), getattr(exc, "error_type", "validation"))
+        except TemplateError as exc:
+            self.metrics.request_failure.labels("template_error").inc()
+            return error_response(422, str(exc), "template_error")
         except GenerationFailed as exc:
             self.metrics.request_failure.labels(exc.event.error_type).inc()
             return error_response(ERROR_STATUS.get(exc.event.error_type, 424), exc.event.message,

@@ -1,0 +1,230 @@
+"""OpenAI-compatible routes: /v1/chat/completions, /v1/completions, /v1/models."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+
+from aiohttp import web
+
+from router.chat_template import ChatTemplate, TemplateError
+from router.openai_schemas import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    parse_chat_request,
+    parse_completion_request,
+)
+from router.responses import sse_event
+from router.schemas import GenerateRequest
+from router.server import VERSION, Admitted, GenerationFailed, Router
+from router.sse import SseResponse, StreamFailedBeforeFirstByte, pump_events
+from router.stream import ErrorEvent, Finished, Token, TokenEvent
+from router.types import ValidRequest
+
+DONE = b"data: [DONE]\n\n"
+# OpenAI has no `stop_sequence`: a stop string and EOS both read `stop`.
+FINISH = {"length": "length", "eos_token": "stop", "stop_sequence": "stop"}
+
+
+def _content(event: TokenEvent, streamed: str) -> str:
+    """This token's text for a client; the last one also carries any text flushed at the very end."""
+    text = "" if event.token.special else event.token.text
+    finished = event.finished
+    if finished is not None and finished.generated_text.startswith(streamed + text):
+        text = finished.generated_text[len(streamed):]
+    return text
+
+
+def _token_logprob(token: Token) -> dict:
+    return {"token": token.text, "logprob": token.logprob, "bytes": list(token.text.encode())}
+
+
+def _chat_logprobs(events: list[TokenEvent]) -> dict:
+    return {"content": [
+        {**_token_logprob(e.token), "top_logprobs": [_token_logprob(t) for t in e.top_tokens]} for e in events
+    ]}
+
+
+def _completion_logprobs(events: list[TokenEvent], offset: int) -> dict:
+    offsets, position = [], offset
+    for e in events:
+        offsets.append(position)
+        position += len(e.token.text)
+    return {
+        "tokens": [e.token.text for e in events],
+        "token_logprobs": [e.token.logprob for e in events],
+        "top_logprobs": [{t.text: t.logprob for t in e.top_tokens} for e in events],
+        "text_offset": offsets,
+    }
+
+
+def _usage(valids: list[ValidRequest], finished: list[Finished]) -> dict:
+    prompt = sum(v.input_length for v in valids)
+    completion = sum(f.generated_tokens for f in finished)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+class OpenAIRoutes:
+    def __init__(self, router: Router, template: ChatTemplate | None) -> None:
+        self.router = router
+        self.template = template
+        self.created = int(time.time())
+
+    def add_to(self, app: web.Application) -> None:
+        app.add_routes([
+            web.post("/v1/chat/completions", self.chat_completions),
+            web.post("/v1/completions", self.completions),
+            web.get("/v1/models", self.models),
+        ])
+
+    def _envelope(self, kind: str, request_id: str) -> dict:
+        return {"id": request_id, "object": kind, "created": int(time.time()),
+                "model": self.router.config.model_id, "system_fingerprint": f"{VERSION}-native"}
+
+    async def models(self, request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [
+            {"id": self.router.config.model_id, "object": "model", "created": self.created, "owned_by": "tgi-py"},
+        ]})
+
+    # ---- chat ---------------------------------------------------------------------------------
+    async def chat_completions(self, request: web.Request) -> web.StreamResponse:
+        async def work(body: bytes, admitted: Admitted) -> web.StreamResponse:
+            chat = parse_chat_request(body)
+            prompt = self._render(chat)
+            generate = GenerateRequest(inputs=prompt, parameters=chat.to_generate_parameters())
+            # The rendered template already holds the special tokens the model expects.
+            valid = await self.router.validate(generate, chat.stream, add_special_tokens=False)
+            entry = admitted.submit(valid)
+            request_id = f"chatcmpl-{uuid.uuid4().hex}"
+            if not chat.stream:
+                events = await self.router.collect(entry)
+                finished = events[-1].finished
+                assert finished is not None
+                self.router.record_success(valid, entry, finished.generated_tokens)
+                return web.json_response({
+                    **self._envelope("chat.completion", request_id),
+                    "choices": [{
+                        "index": 0,
+                        "message": {"role": "assistant", "content": finished.generated_text},
+                        "logprobs": _chat_logprobs(events) if chat.logprobs else None,
+                        "finish_reason": FINISH[finished.finish_reason],
+                    }],
+                    "usage": _usage([valid], [finished]),
+                })
+            streamed = ""
+
+            def chunk(event: TokenEvent) -> bytes:
+                nonlocal streamed
+                text = _content(event, streamed)
+                delta = {"role": "assistant", "content": text} if not streamed and event.index == 1 else {
+                    "content": text}
+                streamed += text
+                return sse_event({**self._envelope("chat.completion.chunk", request_id), "choices": [{
+                    "index": 0, "delta": delta,
+                    "logprobs": _chat_logprobs([event]) if chat.logprobs else None,
+                    "finish_reason": FINISH[event.finished.finish_reason] if event.finished else None,
+                }]}, space=True)
+
+            def usage_chunk(last: TokenEvent) -> bytes:
+                assert last.finished is not None
+                return sse_event({**self._envelope("chat.completion.chunk", request_id), "choices": [],
+                                  "usage": _usage([valid], [last.finished])}, space=True)
+
+            return await self._stream(request, [(valid, entry)], [chunk], usage_chunk if chat.include_usage else None)
+
+        return await self.router.handle(request, work)
+
+    def _render(self, chat: ChatCompletionRequest) -> str:
+        if self.template is None:
+            raise TemplateError("this model has no chat template: use /v1/completions or /generate")
+        return self.template.render(chat.chat_messages(), add_generation_prompt=True, tools=chat.tools)
+
+    # ---- completions --------------------------------------------------------------------------
+    async def completions(self, request: web.Request) -> web.StreamResponse:
+        async def work(body: bytes, admitted: Admitted) -> web.StreamResponse:
+            completion: CompletionRequest = parse_completion_request(body)
+            prompts = completion.prompts(self.router.config.max_client_batch_size)
+            admitted.reserve(len(prompts) - 1)
+            parameters = completion.to_generate_parameters()
+            valids = [await self.router.validate(GenerateRequest(inputs=p, parameters=parameters), completion.stream)
+                      for p in prompts]
+            entries = [admitted.submit(v) for v in valids]
+            request_id = f"cmpl-{uuid.uuid4().hex}"
+            want_logprobs = completion.logprobs is not None
+            if not completion.stream:
+                choices, finished_all = [], []
+                for index, (valid, entry) in enumerate(zip(valids, entries, strict=True)):
+                    events = await self.router.collect(entry)
+                    finished = events[-1].finished
+                    assert finished is not None
+                    self.router.record_success(valid, entry, finished.generated_tokens)
+                    finished_all.append(finished)
+                    text = valid.inputs + finished.generated_text if completion.echo else finished.generated_text
+                    choices.append({
+                        "index": index, "text": text,
+                        "logprobs": _completion_logprobs(events, len(text) - len(finished.generated_text))
+                        if want_logprobs else None,
+                        "finish_reason": FINISH[finished.finish_reason],
+                    })
+                return web.json_response({**self._envelope("text_completion", request_id), "choices": choices,
+                                          "usage": _usage(valids, finished_all)})
+
+            def chunker(index: int, valid: ValidRequest) -> Callable[[TokenEvent], bytes]:
+                streamed = ""
+
+                def chunk(event: TokenEvent) -> bytes:
+                    nonlocal streamed
+                    text = _content(event, streamed)
+                    if completion.echo and event.index == 1:
+                        text = valid.inputs + text
+                    streamed += text
+                    return sse_event({**self._envelope("text_completion", request_id), "choices": [{
+                        "index": index, "text": text,
+                        "logprobs": _completion_logprobs([event], 0) if want_logprobs else None,
+                        "finish_reason": FINISH[event.finished.finish_reason] if event.finished else None,
+                    }]}, space=True)
+
+                return chunk
+
+            finals: list[Finished] = []
+
+            def usage_chunk(last: TokenEvent) -> bytes:
+                return sse_event({**self._envelope("text_completion", request_id), "choices": [],
+                                  "usage": _usage(valids, finals)}, space=True)
+
+            return await self._stream(request, list(zip(valids, entries, strict=True)),
+                                      [chunker(i, v) for i, v in enumerate(valids)],
+                                      usage_chunk if completion.include_usage else None, finals)
+
+        return await self.router.handle(request, work)
+
+    # ---- shared streaming ---------------------------------------------------------------------
+    async def _stream(self, request: web.Request, requests: list, renderers: list[Callable[[TokenEvent], bytes]],
+                      usage: Callable[[TokenEvent], bytes] | None, finals: list[Finished] | None = None
+                      ) -> web.StreamResponse:
+        """Each request's chunks in turn (they generate concurrently), then usage, then `data: [DONE]`."""
+        sse = SseResponse(request)
+        finals = [] if finals is None else finals
+        last: TokenEvent | None = None
+
+        def error(event: ErrorEvent) -> bytes:
+            return sse_event({"error": event.message, "error_type": event.error_type}, space=True)
+
+        try:
+            for (valid, entry), render in zip(requests, renderers, strict=True):
+                last = await pump_events(sse, entry.stream, render, error, self.router.config.sse_ping_interval)
+                if last is None:
+                    self.router.metrics.request_failure.labels("generation").inc()
+                    return await sse.end()
+                assert last.finished is not None
+                finals.append(last.finished)
+                self.router.record_success(valid, entry, last.finished.generated_tokens)
+            if usage is not None and last is not None:
+                await sse.write(usage(last))
+            await sse.write(DONE)
+        except StreamFailedBeforeFirstByte as exc:
+            raise GenerationFailed(exc.event) from exc
+        except ConnectionResetError:
+            return sse.response or web.Response(status=499)
+        return await sse.end()

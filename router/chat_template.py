@@ -62,7 +62,7 @@ def _strftime_now(fmt: str) -> str:
 class _Namespace(jinja2.utils.Namespace):
     """`namespace()` that refuses underscore names, so a template cannot store dunders on it."""
 
-    def __init__(*args: Any, **kwargs: Any) -> None:  # noqa: N805 - same signature trick as jinja's Namespace
+    def __init__(*args: Any, **kwargs: Any) -> None:  # self inside *args, like jinja's Namespace
         self, rest = args[0], args[1:]
         attrs = dict(*rest, **kwargs)
         for name in attrs:

@@ -42,6 +42,7 @@ def test_full_request_round_trips() -> None:
         "do_sample": True,
         "repetition_penalty": 1.1,
         "frequency_penalty": 0.2,
+        "presence_penalty": -0.3,
         "seed": 2**64 - 1,
         "stop": ["\n", "User:"],
         "truncate": 5,

@@ -25,6 +25,7 @@ ROUTER_VALUE_FLAGS: tuple[tuple[str, str], ...] = (
     ("max_batch_size", "--max-batch-size"),
     ("max_client_batch_size", "--max-client-batch-size"),
     ("payload_limit", "--payload-limit"),
+    ("sse_ping_interval", "--sse-ping-interval"),
 )
 PREFILL_HEADROOM_TOKENS = 50
 PORT = click.IntRange(1, 65535)
@@ -70,13 +71,9 @@ def check_limits(settings: dict[str, Any]) -> None:
     if max_input is not None and max_total is not None and max_input >= max_total:
         raise click.UsageError(f"--max-input-tokens ({max_input}) must be < --max-total-tokens ({max_total})")
     if batch_total is not None and max_total is not None and max_total > batch_total:
-        raise click.UsageError(
-            f"--max-total-tokens ({max_total}) must be <= --max-batch-total-tokens ({batch_total})"
-        )
+        raise click.UsageError(f"--max-total-tokens ({max_total}) must be <= --max-batch-total-tokens ({batch_total})")
     if prefill is not None and max_input is not None and prefill < max_input:
-        raise click.UsageError(
-            f"--max-batch-prefill-tokens ({prefill}) must be >= --max-input-tokens ({max_input})"
-        )
+        raise click.UsageError(f"--max-batch-prefill-tokens ({prefill}) must be >= --max-input-tokens ({max_input})")
     if batch_total is not None and prefill is not None and prefill > batch_total:
         raise click.UsageError(
             f"--max-batch-prefill-tokens ({prefill}) must be <= --max-batch-total-tokens ({batch_total})"
@@ -112,9 +109,11 @@ def check_limits(settings: dict[str, Any]) -> None:
 @_option(
     "--graceful-termination-timeout",
     type=click.FloatRange(min=0.0),
-    default=10.0,
+    default=90.0,
     help="Seconds a child may take to exit after SIGTERM before it is killed.",
 )
+@_option("--sse-ping-interval", type=click.FloatRange(min=0.01), default=10.0,
+         help="Seconds between ': ping' comments on an idle SSE stream (ours).")
 def main(**settings: Any) -> None:
     """Serve a model over TGI's HTTP API: start the shards, then the router."""
     if not settings["hostname"]:
@@ -128,9 +127,7 @@ def main(**settings: Any) -> None:
     except ModelSourceError as err:
         raise click.ClickException(str(err)) from err
 
-    max_input, max_total = token_limits(
-        settings["max_input_tokens"], settings["max_total_tokens"], model_defaults
-    )
+    max_input, max_total = token_limits(settings["max_input_tokens"], settings["max_total_tokens"], model_defaults)
     settings["max_input_tokens"], settings["max_total_tokens"] = max_input, max_total
     if settings["max_batch_prefill_tokens"] is None:
         prefill = max_input + PREFILL_HEADROOM_TOKENS

@@ -122,9 +122,7 @@ def plan_launch(
     command = shard_command(model_dir, uds_path, dtype, kv_cache_bytes, trust_remote_code)
     pythonpath = project_pythonpath()
     shards = [
-        ChildSpec(
-            f"shard {rank}", command, {**pythonpath, **shard_env(rank, num_shard, master_addr, master_port)}
-        )
+        ChildSpec(f"shard {rank}", command, {**pythonpath, **shard_env(rank, num_shard, master_addr, master_port)})
         for rank in range(num_shard)
     ]
     router = ChildSpec(

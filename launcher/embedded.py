@@ -185,9 +185,7 @@ def _write_configs(config: dict[str, Any], out_dir: Path) -> None:
         config.setdefault("rope_theta", rope["rope_theta"])
     (out_dir / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
-    generation = {
-        key: config[key] for key in ("bos_token_id", "eos_token_id", "pad_token_id") if key in config
-    }
+    generation = {key: config[key] for key in ("bos_token_id", "eos_token_id", "pad_token_id") if key in config}
     (out_dir / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
 
 

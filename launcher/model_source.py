@@ -90,9 +90,7 @@ def _from_hub_cache(model_id: str, revision: str | None) -> ResolvedModel:
         ) from err
     missing = missing_model_files(snapshot)
     if missing:
-        raise ModelSourceError(
-            f"cached hub snapshot of {model_id} ({snapshot}) is missing: {', '.join(missing)}"
-        )
+        raise ModelSourceError(f"cached hub snapshot of {model_id} ({snapshot}) is missing: {', '.join(missing)}")
     return ResolvedModel(path=snapshot, model_id=model_id)
 
 

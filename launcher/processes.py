@@ -80,7 +80,9 @@ class Supervisor:
         print(line, file=sys.stderr, flush=True)
 
     def run(self) -> int:
-        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        # SIGHUP (a closed terminal) gets the same orderly stop as Ctrl-C rather than an abrupt death.
+        stop_signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in stop_signals}
         try:
             self._start_and_serve()
         except _StopRequested:
@@ -160,9 +162,7 @@ class Supervisor:
             if not path.is_socket():
                 raise LaunchError(f"{path} exists and is not a socket; refusing to replace it")
             if socket_is_served(path):
-                raise LaunchError(
-                    f"another process is already serving on {path}; pick another --shard-uds-path"
-                )
+                raise LaunchError(f"another process is already serving on {path}; pick another --shard-uds-path")
             path.unlink()
 
     def _remove_sockets(self) -> None:

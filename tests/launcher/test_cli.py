@@ -91,10 +91,11 @@ def test_defaults(launched: list[LaunchPlan], model_dir: Path) -> None:
         "--max-waiting-tokens": "20",
         "--max-client-batch-size": "4",
         "--payload-limit": "2000000",
+        "--sse-ping-interval": "10.0",
     }
     assert plan.router_health_url == "http://127.0.0.1:3000/health"
     assert plan.public_url == "http://127.0.0.1:3000"
-    assert plan.grace_s == 10.0
+    assert plan.grace_s == 90.0
 
 
 def test_env_vars_and_flags(launched: list[LaunchPlan]) -> None:
@@ -192,8 +193,6 @@ def test_model_source_error_exits_one(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "missing: tokenizer.json" in result.output
 
 
-def test_launch_exit_code_is_the_launchers(
-    monkeypatch: pytest.MonkeyPatch, launched: list[LaunchPlan]
-) -> None:
+def test_launch_exit_code_is_the_launchers(monkeypatch: pytest.MonkeyPatch, launched: list[LaunchPlan]) -> None:
     monkeypatch.setattr(cli, "launch", lambda plan: 3)
     assert CliRunner().invoke(cli.main, []).exit_code == 3

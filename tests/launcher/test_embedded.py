@@ -14,9 +14,7 @@ from launcher import embedded
 from launcher.model_source import resolve_model
 
 
-def test_conversion_matches_the_gguf_model_and_is_reused(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_conversion_matches_the_gguf_model_and_is_reused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -113,9 +111,7 @@ def test_incomplete_cache_and_leftovers_are_rebuilt(tmp_path: Path, monkeypatch:
     assert (target / "model.safetensors").exists()
 
 
-def test_marker_from_another_source_triggers_reconversion(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_marker_from_another_source_triggers_reconversion(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[float] = []
     monkeypatch.setattr(embedded, "_convert_gguf", _fake_conversion(calls))
     resolve_model(None, cache_dir=tmp_path)

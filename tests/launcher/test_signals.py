@@ -75,7 +75,7 @@ def serving(uds_base: str, port: int, record: Path) -> Iterator[tuple[subprocess
         process.stdout.close()
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
 def test_signal_stops_router_then_shards_and_exits_zero(
     serving: tuple[subprocess.Popen[str], LaunchPlan], record: Path, sig: signal.Signals
 ) -> None:
@@ -97,9 +97,7 @@ def test_signal_stops_router_then_shards_and_exits_zero(
     assert not any(path.exists() for path in plan.shard_sockets)
 
 
-def test_sigkilled_launcher_leaves_no_orphans(
-    serving: tuple[subprocess.Popen[str], LaunchPlan], record: Path
-) -> None:
+def test_sigkilled_launcher_leaves_no_orphans(serving: tuple[subprocess.Popen[str], LaunchPlan], record: Path) -> None:
     process, _ = serving
     process.kill()
     process.wait(timeout=10)

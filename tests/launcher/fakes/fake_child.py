@@ -25,9 +25,7 @@ from tgi_proto import generate_pb2, generate_pb2_grpc
 
 
 class _Health(generate_pb2_grpc.TextGenerationServiceServicer):
-    def Health(
-        self, request: generate_pb2.HealthRequest, context: grpc.ServicerContext
-    ) -> generate_pb2.HealthResponse:
+    def Health(self, request: generate_pb2.HealthRequest, context: grpc.ServicerContext) -> generate_pb2.HealthResponse:
         return generate_pb2.HealthResponse()
 
 

@@ -29,10 +29,12 @@ async def start(config: RouterConfig) -> None:
     info = await client.info()
     log.info("connected to %d shard(s): %s on %s, block size %d", client.world_size, info.dtype,
              info.device_type, info.block_size)
-    supported = await client.warmup(config.max_input_tokens, config.max_batch_prefill_tokens,
-                                    config.max_total_tokens)
-    max_batch_total = min(supported, config.max_batch_total_tokens or supported)
     needed = blocks_for(config.max_total_tokens, info.block_size) * info.block_size
+    # Admission caps concurrency, so a pool larger than every admitted request at full length is waste.
+    useful = config.max_batch_total_tokens or needed * config.max_concurrent_requests
+    supported = await client.warmup(config.max_input_tokens, config.max_batch_prefill_tokens,
+                                    config.max_total_tokens, useful)
+    max_batch_total = min(supported, config.max_batch_total_tokens or supported)
     if max_batch_total < needed:
         raise SystemExit(
             f"the KV cache holds {max_batch_total} tokens, less than one request of --max-total-tokens "

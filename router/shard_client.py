@@ -49,14 +49,18 @@ class ShardClient:
         return len(self._stubs)
 
     async def _all(self, method: str, request, timeout: float | None = None):
-        calls = [getattr(stub, method)(request, timeout=timeout) for stub in self._stubs]
-        results = await asyncio.gather(*calls, return_exceptions=True)
-        for result in results:
-            if isinstance(result, grpc.aio.AioRpcError):
-                raise ShardError(f"shard {method} failed: {result.details()}", result.code())
-            if isinstance(result, BaseException):
-                raise ShardError(f"shard {method} failed: {result!r}")
-        return results[0]
+        calls = [asyncio.ensure_future(getattr(stub, method)(request, timeout=timeout)) for stub in self._stubs]
+        # Fail fast: when one rank dies the others block in a collective, so waiting for all would hang.
+        done, pending = await asyncio.wait(calls, return_when=asyncio.FIRST_EXCEPTION)
+        for call in pending:
+            call.cancel()
+        for call in calls:
+            if call in done and call.exception() is not None:
+                error = call.exception()
+                if isinstance(error, grpc.aio.AioRpcError):
+                    raise ShardError(f"shard {method} failed: {error.details()}", error.code())
+                raise ShardError(f"shard {method} failed: {error!r}")
+        return calls[0].result()
 
     async def info(self) -> pb.InfoResponse:
         return await self._all("Info", pb.InfoRequest(), timeout=30)
@@ -64,10 +68,11 @@ class ShardClient:
     async def health(self, timeout: float = 5.0) -> None:
         await self._all("Health", pb.HealthRequest(), timeout=timeout)
 
-    async def warmup(self, max_input_tokens: int, max_prefill_tokens: int, max_total_tokens: int) -> int:
+    async def warmup(self, max_input_tokens: int, max_prefill_tokens: int, max_total_tokens: int,
+                     max_batch_total_tokens: int = 0) -> int:
         response = await self._all("Warmup", pb.WarmupRequest(
-            batch=pb.Batch(id=0), max_input_tokens=max_input_tokens,
-            max_prefill_tokens=max_prefill_tokens, max_total_tokens=max_total_tokens,
+            batch=pb.Batch(id=0), max_input_tokens=max_input_tokens, max_prefill_tokens=max_prefill_tokens,
+            max_total_tokens=max_total_tokens, max_batch_total_tokens=max_batch_total_tokens,
         ))
         return response.max_supported_total_tokens
 

@@ -93,6 +93,9 @@ async def serve(args: argparse.Namespace) -> None:
     if os.path.exists(socket_path):
         os.unlink(socket_path)
     log.info("rank %d stopped", dist.rank)
+    logging.shutdown()
+    # The engine thread may be blocked in a collective with a rank that died; don't wait to join it.
+    os._exit(0)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -47,12 +47,15 @@ class Engine:
         self.weight_bytes = 0
 
     # ---- cache budget -------------------------------------------------------------------------
-    def _allocate_cache(self) -> int:
+    def _allocate_cache(self, max_tokens: int = 0) -> int:
         cfg = self.model.config
         per_token = KVCache.bytes_per_token(cfg.num_layers, self.model.local_kv_heads, cfg.head_dim,
                                             self.model.dtype)
         # Every rank must agree, or the router would plan for a budget some rank cannot hold.
-        num_blocks = self.dist.all_reduce_min(self.kv_cache_bytes // (per_token * self.block_size))
+        num_blocks = self.kv_cache_bytes // (per_token * self.block_size)
+        if max_tokens:
+            num_blocks = min(num_blocks, blocks_needed(max_tokens, self.block_size))
+        num_blocks = self.dist.all_reduce_min(num_blocks)
         if num_blocks < 1:
             raise MemoryError(f"--kv-cache-bytes {self.kv_cache_bytes} holds no {self.block_size}-token block")
         self.cache = KVCache.allocate(cfg.num_layers, num_blocks, self.block_size, self.model.local_kv_heads,
@@ -60,10 +63,11 @@ class Engine:
         self.allocator = BlockAllocator(num_blocks)
         return num_blocks * self.block_size
 
-    def warmup(self, max_input_tokens: int, max_prefill_tokens: int) -> int:
+    def warmup(self, max_input_tokens: int, max_prefill_tokens: int, max_batch_total_tokens: int = 0) -> int:
         """Allocate the KV pool, run a worst-case prefill through it, return its size in tokens."""
         self.clear(None)
-        total_tokens = self._allocate_cache()
+        self.cache = None  # free the old pool before allocating the new one
+        total_tokens = self._allocate_cache(max_batch_total_tokens)
         lengths: list[int] = []
         remaining = max_prefill_tokens
         while remaining > 0:

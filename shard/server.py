@@ -56,7 +56,8 @@ class TextGenerationService(pb_grpc.TextGenerationServiceServicer):
         return pb.FilterBatchResponse(batch=batch) if batch is not None else pb.FilterBatchResponse()
 
     async def Warmup(self, request, context):
-        total = await self._run(context, self.engine.warmup, request.max_input_tokens, request.max_prefill_tokens)
+        total = await self._run(context, self.engine.warmup, request.max_input_tokens, request.max_prefill_tokens,
+                                request.max_batch_total_tokens)
         log.info("warmup done: KV cache holds %d tokens", total)
         return pb.WarmupResponse(max_supported_total_tokens=total, max_input_tokens=request.max_input_tokens,
                                  max_total_tokens=request.max_total_tokens)

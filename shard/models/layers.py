@@ -73,16 +73,22 @@ class VocabParallelEmbedding:
 
 
 class VocabParallelHead:
-    """lm_head split by vocabulary rows (padded to equal slices) with an all-gather of the logits."""
+    """lm_head split by vocabulary rows with an all-gather of the logits.
+
+    Slices are padded to equal widths on the logits (not on the weight, which may be shared with the
+    embedding) so that all-gather sees the same shape on every rank.
+    """
 
     def __init__(self, weight: torch.Tensor, padded_rows: int, vocab_size: int, dist: Distributed) -> None:
-        if weight.shape[0] < padded_rows:
-            pad = weight.new_zeros(padded_rows - weight.shape[0], weight.shape[1])
-            weight = torch.cat([weight, pad], dim=0)
         self.weight = weight
+        self.padding = padded_rows - weight.shape[0]
         self.vocab_size = vocab_size
         self.dist = dist
 
     def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
         logits = F.linear(hidden, self.weight)
+        if self.dist.world_size == 1:
+            return logits
+        if self.padding:
+            logits = F.pad(logits, (0, self.padding))
         return self.dist.all_gather_last_dim(logits)[:, : self.vocab_size]

@@ -15,7 +15,9 @@ import torch
 from shard.detokenize import special_token_ids
 from shard.distributed import Distributed
 from shard.engine import Engine
-from shard.models.config import ModelConfig
+from shard.model_runner import ModelRunner, PagedRunner
+from shard.models.auto import TransformersRunner
+from shard.models.config import LLAMA_FAMILY, ModelConfig, architecture_of
 from shard.models.llama import LlamaModel
 from shard.server import TextGenerationService
 from shard.stopping import eos_token_ids_for
@@ -42,20 +44,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def build_engine(args: argparse.Namespace, dist: Distributed) -> Engine:
     from tokenizers import Tokenizer
 
-    config = ModelConfig.load(args.model_dir)
-    if not config.is_llama_family:
+    architecture = architecture_of(args.model_dir)
+    runner: ModelRunner
+    if architecture in LLAMA_FAMILY:
+        weights = Weights(args.model_dir, DTYPES[args.dtype], dist.device)
+        model = LlamaModel(ModelConfig.load(args.model_dir), weights, dist)
+        runner = PagedRunner(model, dist, args.kv_cache_bytes, args.block_size)
+        weight_bytes = weights.bytes_loaded
+    elif dist.world_size > 1:
         raise SystemExit(
-            f"architecture {config.architecture!r} is not supported yet: tgi-py serves the Llama family "
-            f"(Llama, Mistral, Qwen2, SmolLM2)"
+            f"architecture {architecture!r} has no tensor-parallel model code: it can only be served "
+            f"with --num-shard 1 (tensor parallelism covers Llama, Mistral, Qwen2 and SmolLM2)"
         )
-    weights = Weights(args.model_dir, DTYPES[args.dtype], dist.device)
-    model = LlamaModel(config, weights, dist)
+    else:
+        runner = TransformersRunner(args.model_dir, DTYPES[args.dtype], args.kv_cache_bytes, args.trust_remote_code)
+        weight_bytes = runner.weight_bytes
+        log.warning("%s is served by the generic transformers path: correct, one request per forward",
+                    architecture)
     tokenizer = Tokenizer.from_file(str(args.model_dir / "tokenizer.json"))
-    engine = Engine(model, tokenizer, eos_token_ids_for(args.model_dir, tokenizer), special_token_ids(tokenizer),
-                    dist, args.kv_cache_bytes, args.block_size)
-    engine.weight_bytes = weights.bytes_loaded
+    engine = Engine(runner, tokenizer, eos_token_ids_for(args.model_dir, tokenizer), special_token_ids(tokenizer))
+    engine.weight_bytes = weight_bytes
     log.info("rank %d/%d loaded %s: %.1f MB of weights (%s)", dist.rank, dist.world_size,
-             config.architecture, weights.bytes_loaded / 1e6, args.dtype)
+             architecture, weight_bytes / 1e6, args.dtype)
     return engine
 
 
@@ -69,8 +79,8 @@ async def serve(args: argparse.Namespace) -> None:
     info = pb.InfoResponse(
         requires_padding=False, dtype=args.dtype, device_type=dist.device.type, speculate=0,
         support_chunking=False, use_prefix_caching=False, attention_impl="paged-sdpa",
-        block_size=args.block_size, model_id=args.model_id or str(args.model_dir),
-        world_size=dist.world_size, max_position_embeddings=engine.model.config.max_position_embeddings,
+        block_size=engine.runner.block_size, model_id=args.model_id or str(args.model_dir),
+        world_size=dist.world_size, max_position_embeddings=engine.runner.max_position_embeddings,
     )
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 << 20),
                                       ("grpc.max_send_message_length", 64 << 20)])

@@ -11,9 +11,8 @@ import torch
 from tokenizers import Tokenizer
 
 from shard.detokenize import IncrementalDetokenizer
-from shard.distributed import Distributed
-from shard.kv_cache import BlockAllocator, KVCache, blocks_needed, context_slots, slots_of
-from shard.models.llama import AttentionInputs, LlamaModel
+from shard.kv_cache import OutOfBlocks
+from shard.model_runner import ModelRunner
 from shard.request_state import RequestState
 from shard.sampling import RequestSampler, SamplingParams, choose_tokens
 from shard.stopping import StoppingCriteria, StopSequenceFilter
@@ -31,77 +30,56 @@ class StepResult:
 
 
 class Engine:
-    def __init__(self, model: LlamaModel, tokenizer: Tokenizer, eos_token_ids: frozenset[int],
-                 special_ids: frozenset[int], dist: Distributed, kv_cache_bytes: int,
-                 block_size: int = 16) -> None:
-        self.model = model
+    def __init__(self, runner: ModelRunner, tokenizer: Tokenizer, eos_token_ids: frozenset[int],
+                 special_ids: frozenset[int]) -> None:
+        self.runner = runner
         self.tokenizer = tokenizer
         self.eos_token_ids = eos_token_ids
         self.special_ids = special_ids
-        self.dist = dist
-        self.block_size = block_size
-        self.kv_cache_bytes = kv_cache_bytes
         self.batches: dict[int, list[RequestState]] = {}
-        self.cache: KVCache | None = None
-        self.allocator: BlockAllocator | None = None
         self.weight_bytes = 0
-
-    # ---- cache budget -------------------------------------------------------------------------
-    def _allocate_cache(self, max_tokens: int = 0) -> int:
-        cfg = self.model.config
-        per_token = KVCache.bytes_per_token(cfg.num_layers, self.model.local_kv_heads, cfg.head_dim,
-                                            self.model.dtype)
-        # Every rank must agree, or the router would plan for a budget some rank cannot hold.
-        num_blocks = self.kv_cache_bytes // (per_token * self.block_size)
-        if max_tokens:
-            num_blocks = min(num_blocks, blocks_needed(max_tokens, self.block_size))
-        num_blocks = self.dist.all_reduce_min(num_blocks)
-        if num_blocks < 1:
-            raise MemoryError(f"--kv-cache-bytes {self.kv_cache_bytes} holds no {self.block_size}-token block")
-        self.cache = KVCache.allocate(cfg.num_layers, num_blocks, self.block_size, self.model.local_kv_heads,
-                                      cfg.head_dim, self.model.dtype, self.model.device)
-        self.allocator = BlockAllocator(num_blocks)
-        return num_blocks * self.block_size
 
     def warmup(self, max_input_tokens: int, max_prefill_tokens: int, max_batch_total_tokens: int = 0) -> int:
         """Allocate the KV pool, run a worst-case prefill through it, return its size in tokens."""
         self.clear(None)
-        self.cache = None  # free the old pool before allocating the new one
-        total_tokens = self._allocate_cache(max_batch_total_tokens)
+        total_tokens = self.runner.allocate(max_batch_total_tokens)
         lengths: list[int] = []
         remaining = max_prefill_tokens
         while remaining > 0:
             lengths.append(min(remaining, max_input_tokens))
             remaining -= lengths[-1]
-        needed = sum(blocks_needed(n, self.block_size) for n in lengths)
-        if needed * self.block_size > total_tokens:
+        states = [self._dummy_state(n) for n in lengths]
+        try:
+            for state in states:
+                self.runner.reserve(state)
+        except OutOfBlocks as exc:
+            self._free(states)
             raise MemoryError(
                 f"the KV cache holds {total_tokens} tokens, less than --max-batch-prefill-tokens "
                 f"{max_prefill_tokens}: raise --kv-cache-bytes or lower the prefill budget"
-            )
-        assert self.allocator is not None
-        tables = [self.allocator.allocate(blocks_needed(n, self.block_size)) for n in lengths]
-        ids = torch.zeros(sum(lengths), dtype=torch.long, device=self.model.device)
-        self._prefill_forward(ids, lengths, tables, [n - 1 for n in lengths])
-        for table in tables:
-            self.allocator.free(table)
+            ) from exc
+        try:
+            self.runner.prefill(states, [sum(lengths[: i + 1]) - 1 for i in range(len(lengths))])
+        finally:
+            self._free(states)
         return total_tokens
 
+    def _dummy_state(self, length: int) -> RequestState:
+        return self._state(pb.Request(id=0, input_ids=[0] * length,
+                                      stopping_parameters=pb.StoppingCriteriaParameters(max_new_tokens=1)))
+
     # ---- prefill ------------------------------------------------------------------------------
-    def _new_state(self, request: pb.Request) -> RequestState:
-        assert self.allocator is not None
+    def _state(self, request: pb.Request) -> RequestState:
         ids = list(request.input_ids) or self.tokenizer.encode(request.inputs).ids
         if request.truncate and len(ids) > request.truncate:
             ids = ids[-request.truncate:]
         stopping = request.stopping_parameters
         max_new = max(1, stopping.max_new_tokens)
-        table = self.allocator.allocate(blocks_needed(len(ids) + max_new, self.block_size))
         return RequestState(
             id=request.id,
             input_length=len(ids),
             max_new_tokens=max_new,
             all_ids=ids,
-            block_table=table,
             sampler=RequestSampler(SamplingParams.from_proto(request.parameters)),
             stopping=StoppingCriteria(self.eos_token_ids, max_new, stopping.ignore_eos_token),
             detokenizer=IncrementalDetokenizer(self.tokenizer, ids, self.special_ids),
@@ -110,37 +88,25 @@ class Engine:
             prefill_logprobs=request.prefill_logprobs,
         )
 
-    def _prefill_forward(self, ids: torch.Tensor, lengths: list[int], tables: list[list[int]],
-                         logits_rows: list[int]) -> torch.Tensor:
-        assert self.cache is not None
-        dev = self.model.device
-        positions = torch.cat([torch.arange(n, device=dev) for n in lengths])
-        slots = [s for n, t in zip(lengths, tables, strict=True) for s in slots_of(t, 0, n, self.block_size)]
-        starts = [sum(lengths[:i]) for i in range(len(lengths))]
-        attn = AttentionInputs(torch.tensor(slots, device=dev), prefill_spans=list(zip(starts, lengths,
-                                                                                         strict=True)))
-        return self.model.forward(ids, positions, attn, self.cache, torch.tensor(logits_rows, device=dev))
-
     def prefill(self, batch: pb.Batch, cached: pb.CachedBatch | None) -> StepResult:
-        if self.cache is None:
-            self._allocate_cache()
         start = time.perf_counter_ns()
-        states: list[RequestState] = []
+        states = [self._state(request) for request in batch.requests]
         try:
-            for request in batch.requests:
-                states.append(self._new_state(request))
+            for state in states:
+                self.runner.reserve(state)
         except Exception:
             self._free(states)
             raise
-        lengths = [s.input_length for s in states]
-        offsets = [sum(lengths[: i + 1]) for i in range(len(lengths))]
         rows: list[int] = []
-        for s, end in zip(states, offsets, strict=True):
-            rows.extend(range(end - s.input_length, end) if s.prefill_logprobs else [end - 1])
-        ids = torch.tensor([t for s in states for t in s.all_ids], device=self.model.device)
-        logits = self._prefill_forward(ids, lengths, [s.block_table for s in states], rows)
+        end = 0
         for s in states:
-            s.cached_length = s.input_length
+            end += s.input_length
+            rows.extend(range(end - s.input_length, end) if s.prefill_logprobs else [end - 1])
+        try:
+            logits = self.runner.prefill(states, rows)
+        except Exception:
+            self._free(states)
+            raise
         last_rows, prefill_tokens, row = [], [], 0
         for s in states:
             if s.prefill_logprobs:
@@ -173,18 +139,7 @@ class Engine:
             states.extend(self.batches.pop(cached.id, []))
         if not states:
             return StepResult([], None, 0, 0)
-        assert self.cache is not None
-        dev = self.model.device
-        ids = torch.tensor([s.all_ids[-1] for s in states], device=dev)
-        positions = torch.tensor([s.cached_length for s in states], device=dev)
-        new_slots = [s.block_table[s.cached_length // self.block_size] * self.block_size
-                     + s.cached_length % self.block_size for s in states]
-        for s in states:
-            s.cached_length += 1
-        slots, mask = context_slots([s.block_table for s in states], [s.cached_length for s in states],
-                                    self.block_size, dev)
-        attn = AttentionInputs(torch.tensor(new_slots, device=dev), context_slots=slots, context_mask=mask)
-        logits = self.model.forward(ids, positions, attn, self.cache, torch.arange(len(states), device=dev))
+        logits = self.runner.decode(states)
         forward_ns = time.perf_counter_ns() - start
         generations = self._choose_and_emit(states, logits, [None] * len(states))
         batch = self._store(batches[0].id, [s for s in states if s.finish_reason is None])
@@ -249,12 +204,8 @@ class Engine:
         )
 
     def _free(self, states: list[RequestState]) -> None:
-        if self.allocator is None:
-            return
         for s in states:
-            if s.block_table:
-                self.allocator.free(s.block_table)
-                s.block_table = []
+            self.runner.release(s)
 
     def filter(self, batch_id: int, request_ids: Sequence[int]) -> pb.CachedBatch | None:
         keep = set(request_ids)
@@ -269,4 +220,4 @@ class Engine:
 
     @property
     def free_blocks(self) -> int:
-        return self.allocator.free_blocks if self.allocator else 0
+        return self.runner.free_blocks

@@ -15,7 +15,6 @@ class RequestState:
     input_length: int
     max_new_tokens: int
     all_ids: list[int]  # prompt + generated so far
-    block_table: list[int]
     sampler: RequestSampler
     stopping: StoppingCriteria
     detokenizer: IncrementalDetokenizer
@@ -27,6 +26,9 @@ class RequestState:
     finish_reason: FinishReason | None = field(default=None)
     # Text released to the client so far: generated_text at the end.
     text: str = ""
+    # Where this request's keys/values live: paged cache blocks, or a model's own cache object.
+    block_table: list[int] = field(default_factory=list)
+    model_cache: object | None = None
 
     @property
     def generated_ids(self) -> list[int]:

@@ -105,3 +105,22 @@ def build_llama(
             model.lm_head.weight[eos_id] = 0.0
     model.save_pretrained(out_dir, safe_serialization=True)
     return out_dir
+
+
+def build_gpt2(out_dir: Path, seed: int = 0) -> Path:
+    """A tiny random GPT-2: an architecture without tensor-parallel code here (the generic path)."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    vocab_size = build_tokenizer(out_dir)
+    eos_id = SPECIAL_TOKENS.index("<|im_end|>")
+    config = GPT2Config(vocab_size=vocab_size, n_embd=48, n_layer=2, n_head=4, n_positions=512,
+                        bos_token_id=1, eos_token_id=eos_id)
+    torch.manual_seed(seed)
+    model = GPT2LMHeadModel(config)
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.dim() > 1:
+                param.normal_(0.0, 0.15)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    return out_dir

@@ -9,6 +9,12 @@ from pathlib import Path
 LLAMA_FAMILY = {"LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM"}
 
 
+def architecture_of(model_dir: Path) -> str:
+    raw = json.loads((model_dir / "config.json").read_text())
+    architectures = raw.get("architectures") or []
+    return architectures[0] if architectures else raw.get("model_type", "unknown")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     architecture: str
@@ -61,6 +67,3 @@ class ModelConfig:
             sliding_window=raw.get("sliding_window") if raw.get("use_sliding_window", True) else None,
         )
 
-    @property
-    def is_llama_family(self) -> bool:
-        return self.architecture in LLAMA_FAMILY

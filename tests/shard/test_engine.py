@@ -103,7 +103,7 @@ def test_finished_requests_leave_the_batch_in_the_same_step(model_dir: Path) -> 
 
 def test_warmup_sizes_the_cache_from_the_memory_budget(model_dir: Path) -> None:
     engine = new_engine(model_dir, kv_cache_bytes=1 << 20)
-    cfg = engine.model.config
+    cfg = engine.runner.model.config
     per_token = 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * 4
     total = engine.warmup(max_input_tokens=64, max_prefill_tokens=128)
     assert total == (1 << 20) // (per_token * 16) * 16

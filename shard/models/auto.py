@@ -1,0 +1,94 @@
+"""Fallback for architectures without tensor-parallel model code: transformers' own model, one shard.
+
+Each request keeps the model's own KV cache object; steps run the model once per request. It is
+correct for anything AutoModelForCausalLM loads, and slow: the Llama family takes the paged path.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from shard.kv_cache import OutOfBlocks
+from shard.request_state import RequestState
+
+
+def _first(config: object, *names: str, default: int = 0) -> int:
+    for name in names:
+        value = getattr(config, name, None)
+        if isinstance(value, int):
+            return value
+    return default
+
+
+class TransformersRunner:
+    """The ModelRunner protocol over a transformers model; its budget is counted in tokens (block of 1)."""
+
+    def __init__(self, model_dir: Path, dtype: torch.dtype, kv_cache_bytes: int, trust_remote_code: bool) -> None:
+        from transformers import AutoModelForCausalLM
+
+        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype,
+                                                          trust_remote_code=trust_remote_code).eval()
+        cfg = self.model.config
+        layers = _first(cfg, "num_hidden_layers", "n_layer", "num_layers", default=1)
+        heads = _first(cfg, "num_attention_heads", "n_head", default=1)
+        kv_heads = _first(cfg, "num_key_value_heads", default=heads)
+        hidden = _first(cfg, "hidden_size", "n_embd", "d_model", default=heads)
+        head_dim = _first(cfg, "head_dim", default=hidden // heads)
+        self.bytes_per_token = 2 * layers * kv_heads * head_dim * torch.empty((), dtype=dtype).element_size()
+        self.max_position_embeddings = _first(cfg, "max_position_embeddings", "n_positions", default=2048)
+        self.kv_cache_bytes = kv_cache_bytes
+        self.block_size = 1
+        self.capacity = 0
+        self.reserved = 0
+        self.weight_bytes = sum(p.numel() * p.element_size() for p in self.model.parameters())
+
+    @property
+    def free_blocks(self) -> int:
+        return self.capacity - self.reserved
+
+    def allocate(self, max_tokens: int = 0) -> int:
+        capacity = self.kv_cache_bytes // self.bytes_per_token
+        self.capacity = min(capacity, max_tokens) if max_tokens else capacity
+        self.reserved = 0
+        if self.capacity < 1:
+            raise MemoryError(f"--kv-cache-bytes {self.kv_cache_bytes} holds no token")
+        return self.capacity
+
+    def reserve(self, state: RequestState) -> None:
+        if not self.capacity:
+            self.allocate()
+        if self.reserved + state.max_tokens > self.capacity:
+            raise OutOfBlocks(f"need {state.max_tokens} KV tokens, {self.free_blocks} free of {self.capacity}")
+        self.reserved += state.max_tokens
+        state.block_table = [state.max_tokens]  # what release gives back
+
+    def release(self, state: RequestState) -> None:
+        if state.block_table:
+            self.reserved -= state.block_table[0]
+        state.block_table = []
+        state.model_cache = None
+
+    @torch.inference_mode()
+    def prefill(self, states: list[RequestState], logits_rows: list[int]) -> torch.Tensor:
+        rows, offset = [], 0
+        wanted = set(logits_rows)
+        for s in states:
+            out = self.model(input_ids=torch.tensor([s.all_ids[: s.input_length]]), use_cache=True)
+            s.model_cache = out.past_key_values
+            s.cached_length = s.input_length
+            keep = [r - offset for r in range(offset, offset + s.input_length) if r in wanted]
+            rows.append(out.logits[0, keep].float())
+            offset += s.input_length
+        return torch.cat(rows)
+
+    @torch.inference_mode()
+    def decode(self, states: list[RequestState]) -> torch.Tensor:
+        rows = []
+        for s in states:
+            out = self.model(input_ids=torch.tensor([[s.all_ids[-1]]]), past_key_values=s.model_cache, use_cache=True)
+            s.model_cache = out.past_key_values
+            s.cached_length += 1
+            rows.append(out.logits[0, -1].float())
+        return torch.stack(rows)

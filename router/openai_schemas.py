@@ -154,6 +154,7 @@ class _OpenAIRequest(BaseModel):
     stop: list[Utf8Str] | None = None
     frequency_penalty: float | None = None
     presence_penalty: float | None = None
+    ignore_eos: bool = False  # vLLM's extension, for benchmarks
     n: int | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -203,6 +204,7 @@ class _OpenAIRequest(BaseModel):
             "stop": self.stop or [],
             "frequency_penalty": self.frequency_penalty,
             "presence_penalty": self.presence_penalty,
+            "ignore_eos": self.ignore_eos,
             "max_new_tokens": max_new_tokens,
             # finish_reason and token counts are needed for every OpenAI response (TGI sets it too)
             "details": True,

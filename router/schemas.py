@@ -78,6 +78,8 @@ class GenerateParameters(BaseModel):
     max_new_tokens: U32 | None = None
     return_full_text: bool | None = None
     stop: list[Utf8Str] = Field(default_factory=list)
+    # ours (vLLM's name): keep generating past EOS up to max_new_tokens, for benchmarks
+    ignore_eos: bool = False
     truncate: USize | None = None
     watermark: bool = False
     details: bool = False
@@ -87,7 +89,7 @@ class GenerateParameters(BaseModel):
     grammar: Grammar | None = None
     adapter_id: Utf8Str | None = None
 
-    @field_validator("do_sample", "watermark", "details", "decoder_input_details", mode="before")
+    @field_validator("do_sample", "watermark", "details", "decoder_input_details", "ignore_eos", mode="before")
     @classmethod
     def _null_is_false(cls, value: object) -> object:
         return False if value is None else value

@@ -54,3 +54,13 @@ def test_embedded_model_streams_the_same_text(smollm2: tuple[LaunchedServer, Pat
     text = "".join(e["token"]["text"] for e in events if not e["token"]["special"])
     assert text == events[-1]["generated_text"]
     assert server.post("/generate", body).json()["generated_text"] == text
+
+
+def test_ignore_eos_generates_exactly_max_new_tokens(smollm2: tuple[LaunchedServer, Path]) -> None:
+    server, _ = smollm2
+    short = server.post("/generate", {"inputs": CHAT_PROMPT, "parameters": {"max_new_tokens": 80, "details": True}})
+    assert short.json()["details"]["finish_reason"] == "eos_token"  # SmolLM2 answers briefly, then EOS
+    forced = server.post("/generate", {"inputs": CHAT_PROMPT, "parameters": {
+        "max_new_tokens": 80, "details": True, "ignore_eos": True}}).json()
+    assert forced["details"]["finish_reason"] == "length"
+    assert forced["details"]["generated_tokens"] == 80

@@ -43,6 +43,7 @@ def test_full_request_round_trips() -> None:
         "repetition_penalty": 1.1,
         "frequency_penalty": 0.2,
         "presence_penalty": -0.3,
+        "ignore_eos": True,
         "seed": 2**64 - 1,
         "stop": ["\n", "User:"],
         "truncate": 5,

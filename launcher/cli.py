@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import click
@@ -26,7 +27,13 @@ ROUTER_VALUE_FLAGS: tuple[tuple[str, str], ...] = (
     ("max_client_batch_size", "--max-client-batch-size"),
     ("payload_limit", "--payload-limit"),
     ("sse_ping_interval", "--sse-ping-interval"),
+    ("graceful_termination_timeout", "--graceful-termination-timeout"),
+    ("liveness_timeout", "--liveness-timeout"),
+    ("otlp_endpoint", "--otlp-endpoint"),
+    ("otlp_service_name", "--otlp-service-name"),
 )
+# Repeatable router flags: each value is passed as its own occurrence.
+ROUTER_MULTI_FLAGS: tuple[tuple[str, str], ...] = (("cors_allow_origin", "--cors-allow-origin"),)
 PREFILL_HEADROOM_TOKENS = 50
 PORT = click.IntRange(1, 65535)
 
@@ -43,6 +50,9 @@ def router_flags(settings: dict[str, Any]) -> list[str]:
         value = settings.get(name)
         if value is not None:
             flags += [flag, str(value)]
+    for name, flag in ROUTER_MULTI_FLAGS:
+        for value in settings.get(name) or ():
+            flags += [flag, value]
     if settings.get("json_output"):
         flags.append("--json-output")
     return flags
@@ -112,6 +122,12 @@ def check_limits(settings: dict[str, Any]) -> None:
     default=90.0,
     help="Seconds a child may take to exit after SIGTERM before it is killed.",
 )
+@_option("--liveness-timeout", type=click.FloatRange(min=0.1), default=120.0,
+         help="Seconds one shard step may take before /live reports the server hung (ours).")
+@_option("--api-key", default=None, help="Require 'Authorization: Bearer KEY' on every route but /health.")
+@_option("--cors-allow-origin", multiple=True, help="Origins allowed by CORS (repeatable; '*' for any).")
+@_option("--otlp-endpoint", default=None, help="OpenTelemetry collector (gRPC), e.g. http://localhost:4317.")
+@_option("--otlp-service-name", default="tgi-py.router")
 @_option("--sse-ping-interval", type=click.FloatRange(min=0.01), default=10.0,
          help="Seconds between ': ping' comments on an idle SSE stream (ours).")
 def main(**settings: Any) -> None:
@@ -121,6 +137,9 @@ def main(**settings: Any) -> None:
     if not settings["shard_uds_path"]:
         raise click.BadParameter("must not be empty", param_hint="--shard-uds-path")
     check_limits(settings)
+    if settings["api_key"]:
+        # Through the environment, not argv: a command line is visible to every user in `ps`.
+        os.environ["API_KEY"] = settings["api_key"]
     try:
         model = resolve_model(settings["model_id"], settings["revision"])
         model_defaults = default_token_limits(model.path)

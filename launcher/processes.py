@@ -171,23 +171,27 @@ class Supervisor:
                 path.unlink(missing_ok=True)
 
     def _stop_all(self) -> None:
-        # Router first so that no new work reaches shards that are going away.
+        # Router first so that no new work reaches shards that are going away. It drains in-flight
+        # streams for up to the graceful termination timeout, then needs a moment to end the rest.
         if self._router is not None:
-            self._stop_group([self._router])
-        self._stop_group(self._shards)
+            self._stop_group([self._router], self.plan.grace_s + ROUTER_EXIT_MARGIN_S)
+        self._stop_group(self._shards, self.plan.grace_s)
 
-    def _stop_group(self, children: Sequence[tuple[ChildSpec, subprocess.Popen[bytes]]]) -> None:
+    def _stop_group(self, children: Sequence[tuple[ChildSpec, subprocess.Popen[bytes]]], grace_s: float) -> None:
         for _, process in children:
             _signal_group(process, signal.SIGTERM)
-        deadline = time.monotonic() + self.plan.grace_s
+        deadline = time.monotonic() + grace_s
         for spec, process in children:
             try:
                 process.wait(timeout=max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                self.log(f"{spec.name} ignored SIGTERM for {self.plan.grace_s:g} s; killing it", "WARN")
+                self.log(f"{spec.name} ignored SIGTERM for {grace_s:g} s; killing it", "WARN")
             # Reaches helpers the child started in its session even when the child itself is gone.
             _signal_group(process, signal.SIGKILL)
             process.wait()
+
+
+ROUTER_EXIT_MARGIN_S = 10.0
 
 
 def _signal_group(process: subprocess.Popen[bytes], sig: signal.Signals) -> None:

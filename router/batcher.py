@@ -67,6 +67,8 @@ class Batcher:
         self.batch: pb.CachedBatch | None = None
         self.healthy = True
         self.last_progress = time.monotonic()
+        # When the shard call now in flight began; None between calls. A hung shard shows up here.
+        self.call_started: float | None = None
         self._wake = asyncio.Event()
         self._next_batch_id = 1
 
@@ -156,13 +158,15 @@ class Batcher:
     async def _step(self, method: str, call, entries: list[Entry] | None) -> pb.CachedBatch | None:
         m = self.metrics
         m.batch_inference_count.labels(method).inc()
-        start = time.monotonic()
+        start = self.call_started = time.monotonic()
         try:
             response = await call
         except ShardError as exc:
             self._fail(exc, entries if entries is not None else list(self.running.values()))
             self._observe_batch()
             return None
+        finally:
+            self.call_started = None
         m.batch_inference_success.labels(method).inc()
         m.batch_inference_duration.labels(method).observe(time.monotonic() - start)
         m.batch_forward_duration.labels(method).observe(response.forward_ns / 1e9)
@@ -239,3 +243,16 @@ class Batcher:
     @property
     def batch_size(self) -> int:
         return len(self.running)
+
+    def stalled_for(self) -> float:
+        """Seconds the current shard call has been running (0 when none is)."""
+        return 0.0 if self.call_started is None else time.monotonic() - self.call_started
+
+    def abort_all(self, message: str, error_type: str) -> int:
+        """End every queued and running request with an error (shutdown past the drain timeout)."""
+        victims = list(self.running.values()) + self.queue.take_all()
+        for entry in victims:
+            if not entry.stream.done:
+                entry.stream.send_error(message, error_type)
+        self.metrics.queue_size.set(len(self.queue))
+        return len(victims)

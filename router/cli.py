@@ -55,6 +55,7 @@ async def start(config: RouterConfig) -> None:
     app = router.app()
     OpenAIRoutes(router, ChatTemplate.load(config.tokenizer_dir)).add_to(app)
     loop_task = asyncio.create_task(batcher.run(), name="batcher")
+    router.batcher_task = loop_task
     # A client that disconnects cancels its handler, which takes its request out of the batch.
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
     await runner.setup()
@@ -67,13 +68,33 @@ async def start(config: RouterConfig) -> None:
         asyncio.get_running_loop().add_signal_handler(sig, stop.set)
     done, _ = await asyncio.wait([asyncio.create_task(stop.wait()), loop_task],
                                  return_when=asyncio.FIRST_COMPLETED)
-    if loop_task in done and loop_task.exception() is not None:
-        log.error("batcher crashed: %r", loop_task.exception())
+    if loop_task in done:
+        log.error("batcher stopped: %r", loop_task.exception())
         await runner.cleanup()
         sys.exit(1)
+    await drain(router, config.graceful_termination_timeout)
     loop_task.cancel()
     await runner.cleanup()
     await client.close()
+
+
+async def drain(router: Router, timeout: float) -> None:
+    """Stop admitting (503), let in-flight requests finish, then end what is left with an error event."""
+    router.draining = True
+    in_flight = router.admission.in_flight
+    log.info("draining: %d request(s) in flight, waiting up to %.0f s", in_flight, timeout)
+    deadline = asyncio.get_running_loop().time() + timeout
+    while router.admission.in_flight and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.05)
+    if router.admission.in_flight:
+        ended = router.batcher.abort_all("The server shut down before this request finished", "unavailable")
+        log.warning("drain timeout: ended %d request(s)", ended)
+        # Let the handlers write their error events before the connections close.
+        for _ in range(100):
+            if not router.admission.in_flight:
+                break
+            await asyncio.sleep(0.02)
+    log.info("drained")
 
 
 def main(argv: list[str] | None = None) -> None:

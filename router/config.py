@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +30,12 @@ class RouterConfig:
     payload_limit: int
     json_output: bool
     sse_ping_interval: float = 10.0
+    graceful_termination_timeout: float = 90.0
+    liveness_timeout: float = 120.0
+    api_key: str | None = None
+    cors_allow_origin: tuple[str, ...] = ()
+    otlp_endpoint: str | None = None
+    otlp_service_name: str = "tgi-py.router"
 
     @classmethod
     def parse(cls, argv: list[str] | None = None) -> RouterConfig:
@@ -54,6 +61,12 @@ class RouterConfig:
         p.add_argument("--json-output", action="store_true")
         p.add_argument("--sse-ping-interval", type=float, default=10.0,
                        help="seconds between ': ping' comments on an idle SSE stream")
+        p.add_argument("--graceful-termination-timeout", type=float, default=90.0)
+        p.add_argument("--liveness-timeout", type=float, default=120.0)
+        p.add_argument("--api-key", default=os.environ.get("API_KEY") or None)
+        p.add_argument("--cors-allow-origin", action="append", default=[])
+        p.add_argument("--otlp-endpoint", default=None)
+        p.add_argument("--otlp-service-name", default="tgi-py.router")
         a = p.parse_args(argv)
         prefill = a.max_batch_prefill_tokens or a.max_input_tokens + 50
         return cls(
@@ -66,4 +79,7 @@ class RouterConfig:
             max_waiting_tokens=a.max_waiting_tokens, max_batch_size=a.max_batch_size,
             max_client_batch_size=a.max_client_batch_size, payload_limit=a.payload_limit,
             json_output=a.json_output, sse_ping_interval=a.sse_ping_interval,
+            graceful_termination_timeout=a.graceful_termination_timeout, liveness_timeout=a.liveness_timeout,
+            api_key=a.api_key, cors_allow_origin=tuple(o for v in a.cors_allow_origin for o in v.split(",") if o),
+            otlp_endpoint=a.otlp_endpoint, otlp_service_name=a.otlp_service_name,
         )

@@ -60,6 +60,11 @@ class Queue:
         except ValueError:
             return False
 
+    def take_all(self) -> list[Entry]:
+        entries = list(self._entries)
+        self._entries.clear()
+        return entries
+
     def drop_cancelled(self) -> list[Entry]:
         cancelled = [e for e in self._entries if e.stream.cancelled]
         for entry in cancelled:

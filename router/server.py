@@ -15,6 +15,7 @@ from router.batcher import Batcher
 from router.chat_template import TemplateError
 from router.config import RouterConfig
 from router.metrics import Metrics
+from router.middleware import api_key_middleware, cors_middleware, cors_on_prepare
 from router.queue import Entry
 from router.responses import error_response, generate_body, sse_event, stream_event
 from router.schemas import GenerateRequest
@@ -26,7 +27,7 @@ from router.validation import ValidationError, Validator, parse_generate_request
 
 log = logging.getLogger("router.server")
 VERSION = "0.1.0"
-ERROR_STATUS = {"generation": 424, "incomplete_generation": 500}
+ERROR_STATUS = {"generation": 424, "incomplete_generation": 500, "unavailable": 503}
 
 
 class GenerationFailed(Exception):
@@ -79,9 +80,18 @@ class Router:
         self.admission = Admission(config.max_concurrent_requests)
         self.max_batch_total_tokens = max_batch_total_tokens
         self.ready = False
+        self.draining = False
+        self.batcher_task: asyncio.Task | None = None
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=self.config.payload_limit)
+        middlewares = []
+        if self.config.cors_allow_origin:
+            middlewares.append(cors_middleware(list(self.config.cors_allow_origin)))
+        if self.config.api_key:
+            middlewares.append(api_key_middleware(self.config.api_key))
+        app = web.Application(client_max_size=self.config.payload_limit, middlewares=middlewares)
+        if self.config.cors_allow_origin:
+            app.on_response_prepare.append(cors_on_prepare(list(self.config.cors_allow_origin)))
         app.add_routes([
             web.post("/generate", self.generate),
             web.post("/generate_stream", self.generate_stream),
@@ -89,6 +99,7 @@ class Router:
             web.post("/tokenize", self.tokenize),
             web.get("/info", self.info),
             web.get("/health", self.health),
+            web.get("/live", self.live),
             web.get("/metrics", self.metrics_route),
         ])
         return app
@@ -132,6 +143,9 @@ class Router:
         disconnect are handled the same way everywhere.
         """
         self.metrics.request_count.inc()
+        if self.draining:
+            self.metrics.request_failure.labels("unavailable").inc()
+            return error_response(503, "The server is shutting down", "unavailable", headers={"Retry-After": "5"})
         if not self.admission.try_acquire():
             self.metrics.request_failure.labels("overloaded").inc()
             return self._overloaded()
@@ -142,6 +156,7 @@ class Router:
             self.metrics.request_failure.labels("overloaded").inc()
             return self._overloaded()
         except ValidationError as exc:
+            log.info("request rejected: %s", exc, extra={"error_type": "validation"})
             self.metrics.request_failure.labels("validation").inc()
             status = 413 if "payload is larger" in str(exc) else 422
             return error_response(status, str(exc), getattr(exc, "error_type", "validation"))
@@ -149,6 +164,7 @@ class Router:
             self.metrics.request_failure.labels("template_error").inc()
             return error_response(422, str(exc), "template_error")
         except GenerationFailed as exc:
+            log.warning("request failed: %s", exc.event.message, extra={"error_type": exc.event.error_type})
             self.metrics.request_failure.labels(exc.event.error_type).inc()
             return error_response(ERROR_STATUS.get(exc.event.error_type, 424), exc.event.message,
                                   exc.event.error_type)
@@ -177,6 +193,17 @@ class Router:
         m.request_inference_duration.observe(now - batched)
         m.request_mean_time_per_token_duration.observe((now - batched) / max(generated_tokens, 1))
         m.request_generated_tokens.observe(generated_tokens)
+        inference = now - batched
+        log.info(
+            "request %d done: input_tokens=%d generated_tokens=%d validation=%.1fms queue=%.1fms "
+            "inference=%.1fms time_per_token=%.1fms", entry.id, valid.input_length, generated_tokens,
+            valid.validation_seconds * 1e3, (batched - entry.queued_at) * 1e3, inference * 1e3,
+            inference * 1e3 / max(generated_tokens, 1),
+            extra={"request_id": entry.id, "input_tokens": valid.input_length, "generated_tokens": generated_tokens,
+                   "validation_ms": round(valid.validation_seconds * 1e3, 3),
+                   "queue_ms": round((batched - entry.queued_at) * 1e3, 3), "inference_ms": round(inference * 1e3, 3),
+                   "time_per_token_ms": round(inference * 1e3 / max(generated_tokens, 1), 3)},
+        )
 
     async def _complete(self, valid: ValidRequest, entry: Entry, as_list: bool) -> web.Response:
         start = time.monotonic()
@@ -263,9 +290,21 @@ class Router:
     async def metrics_route(self, request: web.Request) -> web.Response:
         return web.Response(body=self.metrics.render(), content_type="text/plain", charset="utf-8")
 
+    async def live(self, request: web.Request) -> web.Response:
+        """Liveness: the process answers and the batcher is not stuck in one shard call (a hung shard)."""
+        stalled = self.batcher.stalled_for()
+        if stalled > self.config.liveness_timeout:
+            return error_response(503, f"a shard step has not returned for {stalled:.0f} s", "unhealthy")
+        if self.batcher_task is not None and self.batcher_task.done():
+            return error_response(503, "the batching loop has stopped", "unhealthy")
+        return web.json_response({"status": "alive"})
+
     async def health(self, request: web.Request) -> web.Response:
+        """Readiness: warmed up, not draining, every shard answers."""
         if not self.ready:
             return error_response(503, "the server is starting", "unhealthy")
+        if self.draining:
+            return error_response(503, "the server is shutting down", "unhealthy")
         if not self.batcher.healthy:
             return error_response(503, "a shard failed; the server cannot generate", "unhealthy")
         try:

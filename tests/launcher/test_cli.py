@@ -92,6 +92,9 @@ def test_defaults(launched: list[LaunchPlan], model_dir: Path) -> None:
         "--max-client-batch-size": "4",
         "--payload-limit": "2000000",
         "--sse-ping-interval": "10.0",
+        "--graceful-termination-timeout": "90.0",
+        "--liveness-timeout": "120.0",
+        "--otlp-service-name": "tgi-py.router",
     }
     assert plan.router_health_url == "http://127.0.0.1:3000/health"
     assert plan.public_url == "http://127.0.0.1:3000"

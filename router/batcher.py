@@ -181,16 +181,19 @@ class Batcher:
             sum(e.cache_tokens(self.config.block_size) for e in self.running.values()))
 
     def _dispatch(self, generations: Iterable[pb.Generation]) -> None:
-        self.last_progress = time.monotonic()
+        now = self.last_progress = time.monotonic()
         for generation in generations:
             entry = self.running.get(generation.request_id)
             if entry is None:
                 continue
+            if entry.first_token_at is None:
+                entry.first_token_at = now
             finished = None
             if generation.HasField("generated_text"):
                 g = generation.generated_text
                 finished = Finished(g.text, FINISH_REASONS.get(g.finish_reason, "length"), g.generated_tokens,
                                     g.seed if g.HasField("seed") else None)
+                entry.finished = finished
                 del self.running[entry.id]
             if entry.stream.cancelled:
                 continue

@@ -18,6 +18,7 @@ from router.openai_routes import OpenAIRoutes
 from router.queue import blocks_for
 from router.server import Router
 from router.shard_client import ShardClient
+from router.tracing import Tracing
 from router.validation import ValidationLimits, Validator, load_tokenizer
 
 log = logging.getLogger("router")
@@ -51,7 +52,8 @@ async def start(config: RouterConfig) -> None:
         max_stop_sequences=config.max_stop_sequences, max_top_n_tokens=config.max_top_n_tokens,
         max_best_of=config.max_best_of,
     ))
-    router = Router(config, validator, batcher, client, max_batch_total)
+    tracing = Tracing(config.otlp_endpoint, config.otlp_service_name)
+    router = Router(config, validator, batcher, client, max_batch_total, tracing=tracing)
     app = router.app()
     OpenAIRoutes(router, ChatTemplate.load(config.tokenizer_dir)).add_to(app)
     loop_task = asyncio.create_task(batcher.run(), name="batcher")
@@ -71,10 +73,12 @@ async def start(config: RouterConfig) -> None:
     if loop_task in done:
         log.error("batcher stopped: %r", loop_task.exception())
         await runner.cleanup()
+        await asyncio.to_thread(tracing.shutdown)
         sys.exit(1)
     await drain(router, config.graceful_termination_timeout)
     loop_task.cancel()
     await runner.cleanup()
+    await asyncio.to_thread(tracing.shutdown)  # flush the last spans (bounded by EXPORT_TIMEOUT_S)
     await client.close()
 
 

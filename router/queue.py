@@ -7,7 +7,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from router.stream import RequestStream
+from router.stream import Finished, RequestStream
 from router.types import ValidRequest
 
 _ids = itertools.count()
@@ -24,6 +24,8 @@ class Entry:
     id: int = field(default_factory=lambda: next(_ids))
     queued_at: float = field(default_factory=time.monotonic)
     batched_at: float | None = None
+    first_token_at: float | None = None  # prefill returned (the batcher stamps it)
+    finished: Finished | None = None  # the last token's Finished (the batcher sets it)
 
     @property
     def max_tokens(self) -> int:

@@ -22,12 +22,25 @@ from router.schemas import GenerateRequest
 from router.shard_client import ShardClient, ShardError
 from router.sse import SseResponse, StreamFailedBeforeFirstByte, pump_events
 from router.stream import ErrorEvent, TokenEvent
+from router.tracing import RequestTimeline, Tracing
 from router.types import ValidRequest
 from router.validation import ValidationError, Validator, parse_generate_request
 
 log = logging.getLogger("router.server")
 VERSION = "0.1.0"
 ERROR_STATUS = {"generation": 424, "incomplete_generation": 500, "unavailable": 503}
+
+
+def _error_type(response: web.StreamResponse | None) -> str | None:
+    """The error_type of an error_response (None for a success or a stream that already started)."""
+    if response is None:
+        return "dropped"
+    if response.status < 400 or not isinstance(response, web.Response) or not isinstance(response.body, bytes):
+        return None
+    try:
+        return json.loads(response.body).get("error_type") or "error"
+    except (ValueError, AttributeError):
+        return "error"
 
 
 class GenerationFailed(Exception):
@@ -71,8 +84,9 @@ class Admitted:
 
 class Router:
     def __init__(self, config: RouterConfig, validator: Validator, batcher: Batcher, client: ShardClient,
-                 max_batch_total_tokens: int) -> None:
+                 max_batch_total_tokens: int, tracing: Tracing | None = None) -> None:
         self.config = config
+        self.tracing = tracing or Tracing(None)
         self.metrics: Metrics = batcher.metrics
         self.validator = validator
         self.batcher = batcher
@@ -137,6 +151,20 @@ class Router:
 
     async def handle(self, request: web.Request, work: Callable[[bytes, Admitted], Awaitable[web.StreamResponse]]
                      ) -> web.StreamResponse:
+        if not self.tracing.enabled:
+            return await self._handle(request, work, None)
+        timeline = RequestTimeline.begin(request.path, self.config.model_id, request.method)
+        response: web.StreamResponse | None = None
+        try:
+            response = await self._handle(request, work, timeline)
+            return response
+        finally:  # also when the handler is cancelled (the client went away): no response, 499
+            timeline.finish(499 if response is None else response.status, _error_type(response))
+            self.tracing.record(timeline, request.headers.get("traceparent"))
+
+    async def _handle(self, request: web.Request,
+                      work: Callable[[bytes, Admitted], Awaitable[web.StreamResponse]],
+                      timeline: RequestTimeline | None) -> web.StreamResponse:
         """Admission, then `work` (parse, validate, submit, answer); errors become statuses; cleanup always.
 
         Every route that generates goes through here, so overload, validation, failures and clients that
@@ -169,6 +197,8 @@ class Router:
             return error_response(ERROR_STATUS.get(exc.event.error_type, 424), exc.event.message,
                                   exc.event.error_type)
         finally:
+            if timeline is not None and admitted.entries:
+                timeline.fill_from_entry(admitted.entries[0])
             admitted.close()
 
     async def _native(self, request: web.Request, stream: bool | None) -> web.StreamResponse:

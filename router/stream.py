@@ -53,6 +53,7 @@ class RequestStream:
         self.cancelled = False
         self.done = False
         self.tokens_sent = 0
+        self.error: ErrorEvent | None = None  # what it failed with, for traces
 
     def send_token(self, event: TokenEvent) -> None:
         self.tokens_sent += 1
@@ -62,7 +63,8 @@ class RequestStream:
 
     def send_error(self, message: str, error_type: str = "generation") -> None:
         self.done = True
-        self._events.put_nowait(ErrorEvent(message, error_type))
+        self.error = ErrorEvent(message, error_type)
+        self._events.put_nowait(self.error)
 
     def cancel(self) -> None:
         """The client went away: the batcher drops the request at its next step."""

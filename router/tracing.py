@@ -10,9 +10,9 @@ times, so nothing about tracing sits on the hot path of the batcher:
     ├── prefill             batched .. first_token
     └── decode              first_token .. finished
 
-A phase that never started has no span (rejected by admission, cancelled while queued); the phase a failed
-or cancelled request was in when it ended runs to `finished` and carries the error too. An incoming W3C
-`traceparent` makes the request span its child.
+A phase that never started has no span (rejected by admission, cancelled while queued); the last phase a
+failed or dropped request reached runs to `finished` if it had not ended, and carries the error too. An
+incoming W3C `traceparent` makes the request span its child.
 
 With no endpoint nothing of OpenTelemetry is imported or built: `record` is one `if` and returns.
 """
@@ -27,6 +27,8 @@ from typing import Any
 log = logging.getLogger("router.tracing")
 
 DEFAULT_SERVICE_NAME = "tgi-py.router"
+# How long one export (retries included) may take: bounds shutdown when the collector is down.
+EXPORT_TIMEOUT_S = 3.0
 # A request that ended with one of these error types failed while being validated.
 VALIDATION_ERROR_TYPES = frozenset({"validation", "template_error"})
 
@@ -69,8 +71,10 @@ class RequestTimeline:
     def fill_from_entry(self, entry: Any) -> None:
         """Copy what a queue Entry knows: its id, sizes, and its monotonic stamps as wall-clock ones.
 
-        Reads `queued_at` and `batched_at`, and where the Entry has them `first_token_at` and `finished`
-        (a router.stream.Finished); without `finished`, generated_tokens is what its stream sent.
+        Call it once the request is over. Reads `queued_at` and `batched_at`, and where they exist
+        `entry.first_token_at`, `entry.finished` (a router.stream.Finished) and `entry.stream.error` (the
+        ErrorEvent it ended with); without `finished`, generated_tokens is what its stream sent. A stream that
+        neither finished nor failed means the client went away: error_type "dropped".
         """
         request = entry.request
         self.request_id = entry.id
@@ -87,13 +91,19 @@ class RequestTimeline:
             self.finish_reason = finished.finish_reason
         else:
             self.generated_tokens = entry.stream.tokens_sent
+        error = getattr(entry.stream, "error", None)  # the ErrorEvent it ended with, where the stream keeps it
+        if self.error_type is None:
+            if error is not None:
+                self.error_type, self.error_message = error.error_type, error.message
+            elif finished is None and not entry.stream.done:  # neither finished nor failed: the client left
+                self.error_type = "dropped"
 
     def finish(self, status_code: int, error_type: str | None = None, error_message: str | None = None) -> None:
         """The answer is out: stamp finished_ns now (unless it is set already) and the outcome."""
         if self.finished_ns is None:
             self.finished_ns = time.time_ns()
         self.status_code = status_code
-        if error_type is not None:
+        if error_type is not None and self.error_type is None:  # what the entry told is more precise
             self.error_type = error_type
             self.error_message = error_message
 
@@ -132,7 +142,8 @@ class Tracing:
         self._propagator = TraceContextTextMapPropagator()
         # A provider of our own, never the global one: nothing else in the process is affected.
         self._provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
-        self._provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=target, insecure=insecure)))
+        exporter = OTLPSpanExporter(endpoint=target, insecure=insecure, timeout=EXPORT_TIMEOUT_S)
+        self._provider.add_span_processor(BatchSpanProcessor(exporter))
         self._tracer = self._provider.get_tracer("router.tracing")
         log.info("exporting request traces over OTLP/gRPC to %s as %s", target, service_name)
 
@@ -147,37 +158,39 @@ class Tracing:
 
     def _record(self, t: RequestTimeline, traceparent: str | None) -> None:
         trace = self._trace
-        SpanKind, StatusCode = trace.SpanKind, trace.StatusCode  # noqa: N806
+        server, internal, error = trace.SpanKind.SERVER, trace.SpanKind.INTERNAL, trace.StatusCode.ERROR
         end = t.finished_ns if t.finished_ns is not None else time.time_ns()
         failed = t.error_type is not None
         # An explicit context, never the ambient one: the request span is a root unless traceparent says not.
         parent = self._propagator.extract({"traceparent": traceparent} if traceparent else {},
                                          context=self._empty_context())
 
-        root = self._tracer.start_span("request", context=parent, kind=SpanKind.SERVER,
+        root = self._tracer.start_span("request", context=parent, kind=server,
                                        attributes=_root_attributes(t), start_time=t.received_ns)
         if failed:
-            root.set_status(StatusCode.ERROR, t.error_type)
+            root.set_status(error, t.error_type)
         in_root = trace.set_span_in_context(root)
 
         validation_end = t.validated_ns
         if validation_end is None and t.error_type in VALIDATION_ERROR_TYPES:
             validation_end = end
         phases = [
-            ("validation", t.received_ns if validation_end is not None else None, t.validated_ns),
-            ("queue", t.queued_ns, t.batched_ns),
-            ("prefill", t.batched_ns, t.first_token_ns),
-            ("decode", t.first_token_ns, t.finished_ns),
+            (name, start, stop)
+            for name, start, stop in (
+                ("validation", t.received_ns if validation_end is not None else None, t.validated_ns),
+                ("queue", t.queued_ns, t.batched_ns),
+                ("prefill", t.batched_ns, t.first_token_ns),
+                ("decode", t.first_token_ns, t.finished_ns),
+            )
+            if start is not None
         ]
-        for name, start, stop in phases:
-            if start is None:
-                continue
-            unfinished = stop is None  # the request ended during this phase
+        for i, (name, start, stop) in enumerate(phases):
+            # A phase that never ended ran until the request did (failed, dropped, or decode's own end).
             stop = min(max(stop if stop is not None else end, start), max(end, start))
-            span = self._tracer.start_span(name, context=in_root, kind=SpanKind.INTERNAL,
+            span = self._tracer.start_span(name, context=in_root, kind=internal,
                                            attributes=_phase_attributes(name, t), start_time=start)
-            if unfinished and failed:
-                span.set_status(StatusCode.ERROR, t.error_type)
+            if failed and i == len(phases) - 1:  # the phase the request was in when it failed
+                span.set_status(error, t.error_type)
             span.end(end_time=stop)
         root.end(end_time=max(end, t.received_ns))
 

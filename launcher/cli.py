@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import click
@@ -122,6 +121,8 @@ def check_limits(settings: dict[str, Any]) -> None:
     default=90.0,
     help="Seconds a child may take to exit after SIGTERM before it is killed.",
 )
+@_option("--prefill-chunk-tokens", type=click.IntRange(min=1), default=256,
+         help="Prompt tokens a shard feeds per step while other requests decode (chunked prefill; ours).")
 @_option("--liveness-timeout", type=click.FloatRange(min=0.1), default=120.0,
          help="Seconds one shard step may take before /live reports the server hung (ours).")
 @_option("--api-key", default=None, help="Require 'Authorization: Bearer KEY' on every route but /health.")
@@ -137,9 +138,6 @@ def main(**settings: Any) -> None:
     if not settings["shard_uds_path"]:
         raise click.BadParameter("must not be empty", param_hint="--shard-uds-path")
     check_limits(settings)
-    if settings["api_key"]:
-        # Through the environment, not argv: a command line is visible to every user in `ps`.
-        os.environ["API_KEY"] = settings["api_key"]
     try:
         model = resolve_model(settings["model_id"], settings["revision"])
         model_defaults = default_token_limits(model.path)
@@ -174,5 +172,8 @@ def main(**settings: Any) -> None:
         router_flags=router_flags(settings),
         json_output=settings["json_output"],
         grace_s=settings["graceful_termination_timeout"],
+        shard_extra_env={"PREFILL_CHUNK_TOKENS": str(settings["prefill_chunk_tokens"])},
+        # Through the environment, not argv: a command line is visible to every user in `ps`.
+        router_extra_env={"API_KEY": settings["api_key"]} if settings["api_key"] else None,
     )
     raise SystemExit(launch(plan))

@@ -117,16 +117,23 @@ def plan_launch(
     router_flags: Sequence[str],
     json_output: bool = False,
     grace_s: float = DEFAULT_GRACE_S,
+    shard_extra_env: Mapping[str, str] | None = None,
+    router_extra_env: Mapping[str, str] | None = None,
 ) -> LaunchPlan:
-    """The real launch: `num_shard` shard ranks behind one router."""
+    """The real launch: `num_shard` shard ranks behind one router.
+
+    Extra environment goes to the children only (secrets such as the API key stay out of argv, where
+    every user could read them with `ps`)."""
     command = shard_command(model_dir, uds_path, dtype, kv_cache_bytes, trust_remote_code)
     pythonpath = project_pythonpath()
     shards = [
-        ChildSpec(f"shard {rank}", command, {**pythonpath, **shard_env(rank, num_shard, master_addr, master_port)})
+        ChildSpec(f"shard {rank}", command, {**pythonpath, **shard_env(rank, num_shard, master_addr, master_port),
+                                             **(shard_extra_env or {})})
         for rank in range(num_shard)
     ]
     router = ChildSpec(
-        "router", router_command(model_id, model_dir, uds_path, hostname, port, router_flags), pythonpath
+        "router", router_command(model_id, model_dir, uds_path, hostname, port, router_flags),
+        {**pythonpath, **(router_extra_env or {})},
     )
     return LaunchPlan(
         shards=shards,

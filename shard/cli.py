@@ -38,6 +38,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--kv-cache-bytes", type=int, default=2 << 30)
     parser.add_argument("--block-size", type=int, default=16)
     parser.add_argument("--trust-remote-code", action="store_true")
+    parser.add_argument("--prefill-chunk-tokens", type=int, default=int(os.environ.get("PREFILL_CHUNK_TOKENS", 256)),
+                        help="prompt tokens fed per step while other requests decode (chunked prefill)")
     return parser.parse_args(argv)
 
 
@@ -62,7 +64,8 @@ def build_engine(args: argparse.Namespace, dist: Distributed) -> Engine:
         log.warning("%s is served by the generic transformers path: correct, one request per forward",
                     architecture)
     tokenizer = Tokenizer.from_file(str(args.model_dir / "tokenizer.json"))
-    engine = Engine(runner, tokenizer, eos_token_ids_for(args.model_dir, tokenizer), special_token_ids(tokenizer))
+    engine = Engine(runner, tokenizer, eos_token_ids_for(args.model_dir, tokenizer), special_token_ids(tokenizer),
+                    getattr(args, "prefill_chunk_tokens", 256))
     engine.weight_bytes = weight_bytes
     log.info("rank %d/%d loaded %s: %.1f MB of weights (%s)", dist.rank, dist.world_size,
              architecture, weight_bytes / 1e6, args.dtype)

@@ -31,8 +31,11 @@ class StepResult:
 
 class Engine:
     def __init__(self, runner: ModelRunner, tokenizer: Tokenizer, eos_token_ids: frozenset[int],
-                 special_ids: frozenset[int]) -> None:
+                 special_ids: frozenset[int], prefill_chunk_tokens: int = 256) -> None:
         self.runner = runner
+        # While other requests are decoding, a long prompt is fed this many tokens per step, so
+        # running streams keep getting tokens instead of stalling behind the whole prefill.
+        self.prefill_chunk_tokens = prefill_chunk_tokens
         self.tokenizer = tokenizer
         self.eos_token_ids = eos_token_ids
         self.special_ids = special_ids
@@ -59,7 +62,8 @@ class Engine:
                 f"{max_prefill_tokens}: raise --kv-cache-bytes or lower the prefill budget"
             ) from exc
         try:
-            self.runner.prefill(states, [sum(lengths[: i + 1]) - 1 for i in range(len(lengths))])
+            self.runner.step([], [(state, state.input_length) for state in states],
+                             [sum(lengths[: i + 1]) - 1 for i in range(len(lengths))])
         finally:
             self._free(states)
         return total_tokens
@@ -89,7 +93,7 @@ class Engine:
         )
 
     def prefill(self, batch: pb.Batch, cached: pb.CachedBatch | None) -> StepResult:
-        start = time.perf_counter_ns()
+        """Start new requests; those of `cached` are carried into the result without stepping."""
         states = [self._state(request) for request in batch.requests]
         try:
             for state in states:
@@ -97,53 +101,73 @@ class Engine:
         except Exception:
             self._free(states)
             raise
-        rows: list[int] = []
-        end = 0
-        for s in states:
-            end += s.input_length
-            rows.extend(range(end - s.input_length, end) if s.prefill_logprobs else [end - 1])
+        carried = self.batches.pop(cached.id, []) if cached is not None else []
         try:
-            logits = self.runner.prefill(states, rows)
+            return self._advance(batch.id, states, carried)
         except Exception:
             self._free(states)
             raise
-        last_rows, prefill_tokens, row = [], [], 0
-        for s in states:
-            if s.prefill_logprobs:
-                prefill_tokens.append(self._prefill_tokens(s, logits[row: row + s.input_length]))
-                row += s.input_length
-            else:
-                prefill_tokens.append(None)
-                row += 1
-            last_rows.append(row - 1)
-        forward_ns = time.perf_counter_ns() - start
-        generations = self._choose_and_emit(states, logits[last_rows], prefill_tokens)
-        survivors = [s for s in states if s.finish_reason is None]
-        if cached is not None:
-            survivors = self.batches.pop(cached.id, []) + survivors
-        result_batch = self._store(batch.id, survivors)
-        return StepResult(generations, result_batch, forward_ns, time.perf_counter_ns() - start - forward_ns)
 
-    def _prefill_tokens(self, state: RequestState, logits: torch.Tensor) -> pb.Tokens:
-        logprobs = torch.log_softmax(logits, dim=-1)
-        ids = state.all_ids[: state.input_length]
-        chosen = [float("nan")] + logprobs[:-1].gather(1, torch.tensor(ids[1:])[:, None]).squeeze(1).tolist()
-        texts = [self.tokenizer.decode([i], skip_special_tokens=False) for i in ids]
-        return pb.Tokens(ids=ids, logprobs=chosen, texts=texts, is_special=[i in self.special_ids for i in ids])
-
-    # ---- decode -------------------------------------------------------------------------------
     def decode(self, batches: Sequence[pb.CachedBatch]) -> StepResult:
-        start = time.perf_counter_ns()
+        """One step for every request of the batches (merged): a token each, or a prompt chunk."""
         states: list[RequestState] = []
         for cached in batches:
             states.extend(self.batches.pop(cached.id, []))
         if not states:
             return StepResult([], None, 0, 0)
-        logits = self.runner.decode(states)
+        return self._advance(batches[0].id, states, [])
+
+    def _advance(self, batch_id: int, states: list[RequestState], carried: list[RequestState]) -> StepResult:
+        start = time.perf_counter_ns()
+        decoding = [s for s in states if s.cached_length >= s.input_length]
+        # Chunk only when someone is waiting on this step; a prefill alone goes as fast as it can.
+        others_wait = bool(decoding or carried or any(self.batches.values()))
+        budget = self.prefill_chunk_tokens if others_wait and self.runner.supports_chunking else 1 << 62
+        chunks: list[tuple[RequestState, int]] = []
+        for s in states:
+            if s.cached_length < s.input_length and budget > 0:
+                n = min(s.input_length - s.cached_length, budget)
+                chunks.append((s, n))
+                budget -= n
+        rows = list(range(len(decoding)))
+        chunk_rows: list[tuple[int, int]] = []  # (first logits row of the chunk, rows it has)
+        row = len(decoding)
+        for s, n in chunks:
+            completes = s.cached_length + n == s.input_length
+            wanted = range(row, row + n) if s.prefill_logprobs else ([row + n - 1] if completes else [])
+            chunk_rows.append((len(rows), len(wanted)))
+            rows.extend(wanted)
+            row += n
+        logits = self.runner.step(decoding, chunks, rows)
         forward_ns = time.perf_counter_ns() - start
-        generations = self._choose_and_emit(states, logits, [None] * len(states))
-        batch = self._store(batches[0].id, [s for s in states if s.finish_reason is None])
-        return StepResult(generations, batch, forward_ns, time.perf_counter_ns() - start - forward_ns)
+        emitting, emit_rows, prefill_tokens = list(decoding), list(range(len(decoding))), [None] * len(decoding)
+        for (s, n), (first, count) in zip(chunks, chunk_rows, strict=True):
+            if s.prefill_logprobs:
+                self._collect_prefill_logprobs(s, logits[first: first + count], s.cached_length - n)
+            if s.cached_length == s.input_length:  # this chunk finished the prompt: first token now
+                emitting.append(s)
+                emit_rows.append(first + count - 1)
+                prefill_tokens.append(self._prefill_tokens(s) if s.prefill_logprobs else None)
+        generations = self._choose_and_emit(emitting, logits[emit_rows], prefill_tokens) if emitting else []
+        survivors = carried + [s for s in states if s.finish_reason is None]
+        result_batch = self._store(batch_id, survivors)
+        return StepResult(generations, result_batch, forward_ns, time.perf_counter_ns() - start - forward_ns)
+
+    def _collect_prefill_logprobs(self, state: RequestState, logits: torch.Tensor, first_position: int) -> None:
+        """Logprob of each prompt token given the ones before it (logits at p score token p + 1)."""
+        ids = state.all_ids
+        last = min(first_position + logits.shape[0], state.input_length - 1)
+        if last <= first_position:
+            return
+        targets = torch.tensor(ids[first_position + 1: last + 1])[:, None]
+        values = torch.log_softmax(logits[: last - first_position], dim=-1).gather(1, targets).squeeze(1)
+        state.prefill_logprob_values.extend(values.tolist())
+
+    def _prefill_tokens(self, state: RequestState) -> pb.Tokens:
+        ids = state.all_ids[: state.input_length]
+        texts = [self.tokenizer.decode([i], skip_special_tokens=False) for i in ids]
+        return pb.Tokens(ids=ids, logprobs=[float("nan")] + state.prefill_logprob_values, texts=texts,
+                         is_special=[i in self.special_ids for i in ids])
 
     # ---- token choice, text, stopping ---------------------------------------------------------
     def _choose_and_emit(self, states: list[RequestState], logits: torch.Tensor,

@@ -12,7 +12,7 @@ import torch
 
 from shard.distributed import Distributed
 from shard.kv_cache import BlockAllocator, KVCache, blocks_needed, context_slots, slots_of
-from shard.models.llama import AttentionInputs, LlamaModel
+from shard.models.llama import AttentionInputs, LlamaModel, PrefillSpan
 from shard.request_state import RequestState
 
 
@@ -20,6 +20,8 @@ class ModelRunner(Protocol):
     """What the engine needs from a model: room per request, and logits for prefill and decode."""
 
     block_size: int
+    # Whether a prompt may be fed in several chunks (its later chunks attending to the cached ones).
+    supports_chunking: bool
 
     @property
     def free_blocks(self) -> int: ...
@@ -28,8 +30,8 @@ class ModelRunner(Protocol):
     def allocate(self, max_tokens: int = 0) -> int: ...
     def reserve(self, state: RequestState) -> None: ...
     def release(self, state: RequestState) -> None: ...
-    def prefill(self, states: list[RequestState], logits_rows: list[int]) -> torch.Tensor: ...
-    def decode(self, states: list[RequestState]) -> torch.Tensor: ...
+    def step(self, decoding: list[RequestState], chunks: list[tuple[RequestState, int]],
+             logits_rows: list[int]) -> torch.Tensor: ...
 
 
 class PagedRunner:
@@ -40,6 +42,7 @@ class PagedRunner:
         self.block_size = block_size
         self.cache: KVCache | None = None
         self.allocator: BlockAllocator | None = None
+        self.supports_chunking = True
 
     @property
     def device(self) -> torch.device:
@@ -82,31 +85,39 @@ class PagedRunner:
             self.allocator.free(state.block_table)
         state.block_table = []
 
-    def prefill(self, states: list[RequestState], logits_rows: list[int]) -> torch.Tensor:
-        """Logits at the given rows of the flattened prompts (each request attends to its own prompt)."""
-        assert self.cache is not None
-        dev = self.device
-        lengths = [s.input_length for s in states]
-        ids = torch.tensor([t for s in states for t in s.all_ids[: s.input_length]], device=dev)
-        positions = torch.cat([torch.arange(n, device=dev) for n in lengths])
-        slots = [slot for s in states for slot in slots_of(s.block_table, 0, s.input_length, self.block_size)]
-        starts = [sum(lengths[:i]) for i in range(len(lengths))]
-        attn = AttentionInputs(torch.tensor(slots, device=dev), prefill_spans=list(zip(starts, lengths, strict=True)))
-        logits = self.model.forward(ids, positions, attn, self.cache, torch.tensor(logits_rows, device=dev))
-        for s in states:
-            s.cached_length = s.input_length
-        return logits
+    def step(self, decoding: list[RequestState], chunks: list[tuple[RequestState, int]],
+             logits_rows: list[int]) -> torch.Tensor:
+        """One forward for every row: a token for each decoding request, then each prompt chunk.
 
-    def decode(self, states: list[RequestState]) -> torch.Tensor:
-        """Logits [B, vocab] after feeding each request's newest token."""
+        Rows are numbered in that order (decode rows first, then the chunks' tokens); logits come back
+        for `logits_rows` only. A chunk continues its prompt from the request's cached length.
+        """
         assert self.cache is not None
-        dev = self.device
-        bs = self.block_size
-        ids = torch.tensor([s.all_ids[-1] for s in states], device=dev)
-        positions = torch.tensor([s.cached_length for s in states], device=dev)
-        new_slots = [s.block_table[s.cached_length // bs] * bs + s.cached_length % bs for s in states]
-        for s in states:
+        dev, bs = self.device, self.block_size
+        ids: list[int] = [s.all_ids[-1] for s in decoding]
+        positions: list[int] = [s.cached_length for s in decoding]
+        slots: list[int] = [s.block_table[s.cached_length // bs] * bs + s.cached_length % bs for s in decoding]
+        spans: list[PrefillSpan] = []
+        row = len(decoding)
+        for s, n in chunks:
+            start = s.cached_length
+            ids.extend(s.all_ids[start: start + n])
+            positions.extend(range(start, start + n))
+            slots.extend(slots_of(s.block_table, start, start + n, bs))
+            span = PrefillSpan(start_row=row, length=n, context_length=start)
+            if start:
+                span.context_slots = torch.tensor(slots_of(s.block_table, 0, start + n, bs), device=dev)
+                keys = torch.arange(start + n, device=dev)
+                span.mask = keys[None, :] <= (start + torch.arange(n, device=dev))[:, None]
+            spans.append(span)
+            row += n
+        for s in decoding:
             s.cached_length += 1
-        slots, mask = context_slots([s.block_table for s in states], [s.cached_length for s in states], bs, dev)
-        attn = AttentionInputs(torch.tensor(new_slots, device=dev), context_slots=slots, context_mask=mask)
-        return self.model.forward(ids, positions, attn, self.cache, torch.arange(len(states), device=dev))
+        for s, n in chunks:
+            s.cached_length += n
+        attn = AttentionInputs(torch.tensor(slots, device=dev), prefill_spans=spans, decode_count=len(decoding))
+        if decoding:
+            attn.context_slots, attn.context_mask = context_slots(
+                [s.block_table for s in decoding], [s.cached_length for s in decoding], bs, dev)
+        return self.model.forward(torch.tensor(ids, device=dev), torch.tensor(positions, device=dev), attn,
+                                  self.cache, torch.tensor(logits_rows, dtype=torch.long, device=dev))

@@ -29,6 +29,8 @@ class RequestState:
     # Where this request's keys/values live: paged cache blocks, or a model's own cache object.
     block_table: list[int] = field(default_factory=list)
     model_cache: object | None = None
+    # Logprobs of prompt tokens 1.. as chunks are prefilled (decoder_input_details).
+    prefill_logprob_values: list[float] = field(default_factory=list)
 
     @property
     def generated_ids(self) -> list[int]:

@@ -40,6 +40,7 @@ class TransformersRunner:
         self.max_position_embeddings = _first(cfg, "max_position_embeddings", "n_positions", default=2048)
         self.kv_cache_bytes = kv_cache_bytes
         self.block_size = 1
+        self.supports_chunking = False
         self.capacity = 0
         self.reserved = 0
         self.weight_bytes = sum(p.numel() * p.element_size() for p in self.model.parameters())
@@ -71,24 +72,24 @@ class TransformersRunner:
         state.model_cache = None
 
     @torch.inference_mode()
-    def prefill(self, states: list[RequestState], logits_rows: list[int]) -> torch.Tensor:
-        rows, offset = [], 0
+    def step(self, decoding: list[RequestState], chunks: list[tuple[RequestState, int]],
+             logits_rows: list[int]) -> torch.Tensor:
+        """Rows: one per decoding request, then every token of each (whole) prompt."""
+        rows: list[torch.Tensor] = []
         wanted = set(logits_rows)
-        for s in states:
-            out = self.model(input_ids=torch.tensor([s.all_ids[: s.input_length]]), use_cache=True)
-            s.model_cache = out.past_key_values
-            s.cached_length = s.input_length
-            keep = [r - offset for r in range(offset, offset + s.input_length) if r in wanted]
-            rows.append(out.logits[0, keep].float())
-            offset += s.input_length
-        return torch.cat(rows)
-
-    @torch.inference_mode()
-    def decode(self, states: list[RequestState]) -> torch.Tensor:
-        rows = []
-        for s in states:
+        for row, s in enumerate(decoding):
             out = self.model(input_ids=torch.tensor([[s.all_ids[-1]]]), past_key_values=s.model_cache, use_cache=True)
             s.model_cache = out.past_key_values
             s.cached_length += 1
-            rows.append(out.logits[0, -1].float())
-        return torch.stack(rows)
+            if row in wanted:
+                rows.append(out.logits[0, -1:].float())
+        offset = len(decoding)
+        for s, n in chunks:
+            assert s.cached_length == 0 and n == s.input_length, "the generic path takes whole prompts"
+            out = self.model(input_ids=torch.tensor([s.all_ids[:n]]), use_cache=True)
+            s.model_cache = out.past_key_values
+            s.cached_length = n
+            keep = [r - offset for r in range(offset, offset + n) if r in wanted]
+            rows.append(out.logits[0, keep].float())
+            offset += n
+        return torch.cat(rows)

@@ -6,7 +6,7 @@ up to the number of KV heads works, even when the heads do not divide evenly.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -25,16 +25,29 @@ from shard.weights import Weights
 
 
 @dataclass
-class AttentionInputs:
-    """Where the new tokens' keys/values go and what each sequence attends to.
+class PrefillSpan:
+    """`length` prompt tokens at rows [start_row, start_row + length) of the flattened batch, following
+    `context_length` tokens of the same prompt already in the cache (a later chunk of a long prompt)."""
 
-    Prefill: `prefill_spans` lists (start, length) of each sequence in the flattened tokens; a sequence
-    attends causally to its own new tokens. Decode: one token per sequence, attending to the cache
-    slots `context_slots` [B, L] where `context_mask` [B, 1, 1, L] is true.
+    start_row: int
+    length: int
+    context_length: int = 0
+    context_slots: torch.Tensor | None = None  # slots of positions [0, context + length)
+    mask: torch.Tensor | None = None  # [length, context + length]: causal, offset by the context
+
+
+@dataclass
+class AttentionInputs:
+    """Where the new tokens' keys/values go and what each row attends to.
+
+    The first `decode_count` rows are decode tokens (one per sequence) attending to the cache slots
+    `context_slots` [B, L] where `context_mask` [B, 1, 1, L] is true; the rows after them are prompt
+    chunks (`prefill_spans`), each attending causally to its own prompt.
     """
 
     slot_mapping: torch.Tensor
-    prefill_spans: list[tuple[int, int]] | None = None
+    prefill_spans: list[PrefillSpan] = field(default_factory=list)
+    decode_count: int = 0
     context_slots: torch.Tensor | None = None
     context_mask: torch.Tensor | None = None
 
@@ -136,19 +149,32 @@ class DecoderLayer:
 
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn: AttentionInputs,
                 k_cache: torch.Tensor, v_cache: torch.Tensor) -> torch.Tensor:
-        if attn.prefill_spans is not None:
-            outs = []
-            for start, length in attn.prefill_spans:
-                span = slice(start, start + length)
+        outs = []
+        if attn.decode_count:
+            outs.append(self._attend_decode(q[: attn.decode_count], attn, k_cache, v_cache))
+        for span in attn.prefill_spans:
+            rows = slice(span.start_row, span.start_row + span.length)
+            if span.context_slots is None:
                 o = F.scaled_dot_product_attention(
-                    q[span].transpose(0, 1), k[span].transpose(0, 1), v[span].transpose(0, 1),
+                    q[rows].transpose(0, 1), k[rows].transpose(0, 1), v[rows].transpose(0, 1),
                     is_causal=True, enable_gqa=True,
                 )
-                outs.append(o.transpose(0, 1))
-            return torch.cat(outs).flatten(1)
+            else:
+                keys = k_cache.index_select(0, span.context_slots).transpose(0, 1)
+                values = v_cache.index_select(0, span.context_slots).transpose(0, 1)
+                o = F.scaled_dot_product_attention(q[rows].transpose(0, 1), keys, values, attn_mask=span.mask,
+                                                   enable_gqa=True)
+            outs.append(o.transpose(0, 1).flatten(1))
+        return outs[0] if len(outs) == 1 else torch.cat(outs)
+
+    def _attend_decode(self, q: torch.Tensor, attn: AttentionInputs, k_cache: torch.Tensor,
+                       v_cache: torch.Tensor) -> torch.Tensor:
         assert attn.context_slots is not None
-        keys = k_cache[attn.context_slots].transpose(1, 2)  # [B, kv, L, hd]
-        values = v_cache[attn.context_slots].transpose(1, 2)
+        # index_select on the flat slot list is a plain strided copy, cheaper than advanced indexing.
+        batch, length = attn.context_slots.shape
+        flat = attn.context_slots.reshape(-1)
+        keys = k_cache.index_select(0, flat).view(batch, length, self.num_kv, -1).transpose(1, 2)  # [B, kv, L, hd]
+        values = v_cache.index_select(0, flat).view(batch, length, self.num_kv, -1).transpose(1, 2)
         o = F.scaled_dot_product_attention(
             q[:, :, None, :], keys, values, attn_mask=attn.context_mask, enable_gqa=True
         )

@@ -109,3 +109,44 @@ def test_warmup_sizes_the_cache_from_the_memory_budget(model_dir: Path) -> None:
     assert total == (1 << 20) // (per_token * 16) * 16
     with pytest.raises(MemoryError):
         engine.warmup(max_input_tokens=64, max_prefill_tokens=total + 64)
+
+
+def test_long_prompt_is_prefilled_in_chunks_while_others_keep_decoding(model_dir: Path) -> None:
+    engine = new_engine(model_dir, kv_cache_bytes=16 << 20)
+    engine.warmup(max_input_tokens=400, max_prefill_tokens=400)
+    long_prompt = [(7 * i) % 300 + 3 for i in range(300)]
+    expected_long = solo(engine, 9, long_prompt, 6)
+    expected_a = solo(engine, 8, A, 30)
+    details = pb.Request(id=10, input_ids=long_prompt, prefill_logprobs=True,
+                         stopping_parameters=pb.StoppingCriteriaParameters(max_new_tokens=1))
+    whole = engine.prefill(pb.Batch(id=50, requests=[details]), None).generations[0].prefill_tokens
+
+    engine.prefill_chunk_tokens = 64
+    got: dict[int, list[int]] = {1: [], 2: [], 3: []}
+    running = engine.prefill(pb.Batch(id=1, requests=[req(1, A, 30)]), None)
+    got[1] += [g.tokens.ids[0] for g in running.generations]
+    joining = engine.prefill(pb.Batch(id=2, requests=[req(2, long_prompt, 6)]), None)  # alone: whole prompt
+    got[2] += [g.tokens.ids[0] for g in joining.generations]
+    chunked = pb.Request(id=3, input_ids=long_prompt, prefill_logprobs=True,
+                         stopping_parameters=pb.StoppingCriteriaParameters(max_new_tokens=6))
+    # Joining a running batch: the new prompt is fed 64 tokens per step, the others decode meanwhile.
+    result = engine.prefill(pb.Batch(id=3, requests=[chunked]), running.batch)
+    assert result.generations == [] and 3 in result.batch.request_ids
+    steps, prefill_tokens = 1, None
+    batch = result.batch
+    batches = [batch, joining.batch]
+    while batches:
+        result = engine.decode(batches)
+        steps += 1 if not got[3] else 0
+        ids = {g.request_id for g in result.generations}
+        if not got[3] and 3 not in ids:
+            assert 1 in ids  # the running request never waits for the prompt
+        for g in result.generations:
+            got[g.request_id].append(g.tokens.ids[0])
+            if g.HasField("prefill_tokens"):
+                prefill_tokens = g.prefill_tokens
+        batches = [result.batch] if result.batch is not None else []
+    assert steps == 5  # ceil(300 / 64) steps of one chunk each, the last one giving the first token
+    assert got[1] == expected_a and got[2] == expected_long and got[3] == expected_long
+    assert list(prefill_tokens.ids) == long_prompt
+    assert prefill_tokens.logprobs[1:] == pytest.approx(list(whole.logprobs[1:]), abs=1e-4)

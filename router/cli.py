@@ -15,8 +15,9 @@ from router.chat_template import ChatTemplate
 from router.config import RouterConfig
 from router.logs import setup_logging
 from router.openai_routes import OpenAIRoutes
+from router.openapi import add_openapi_routes, build_openapi
 from router.queue import blocks_for
-from router.server import Router
+from router.server import VERSION, Router
 from router.shard_client import ShardClient
 from router.tracing import Tracing
 from router.validation import ValidationLimits, Validator, load_tokenizer
@@ -56,6 +57,7 @@ async def start(config: RouterConfig) -> None:
     router = Router(config, validator, batcher, client, max_batch_total, tracing=tracing)
     app = router.app()
     OpenAIRoutes(router, ChatTemplate.load(config.tokenizer_dir)).add_to(app)
+    add_openapi_routes(app, build_openapi(VERSION, config.model_id))
     loop_task = asyncio.create_task(batcher.run(), name="batcher")
     router.batcher_task = loop_task
     # A client that disconnects cancels its handler, which takes its request out of the batch.

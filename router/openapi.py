@@ -13,7 +13,6 @@ from __future__ import annotations
 import copy
 import html
 import json
-import mimetypes
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -21,20 +20,20 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel
 
+from router.middleware import OPEN_PATHS
 from router.openai_schemas import ChatCompletionRequest, CompletionRequest
 from router.schemas import GenerateRequest, TokenizeRequest
 
 REF = "#/components/schemas/"
-# Routes that answer without the API key (router.middleware.OPEN_PATHS): probes must work unauthenticated.
-DEFAULT_OPEN_PATHS = ("/health", "/live")
 REQUEST_MODELS: dict[str, type[BaseModel]] = {
     "GenerateRequest": GenerateRequest,
     "TokenizeRequest": TokenizeRequest,
     "ChatCompletionRequest": ChatCompletionRequest,
     "CompletionRequest": CompletionRequest,
 }
-# Static files of Swagger UI that /docs needs; nothing else in the package is served.
-DOCS_ASSETS = ("swagger-ui.css", "swagger-ui-bundle.js", "favicon-32x32.png", "favicon-16x16.png")
+# Static files of Swagger UI that /docs needs, with their types; nothing else in the package is served.
+DOCS_ASSETS = {"swagger-ui.css": "text/css", "swagger-ui-bundle.js": "text/javascript",
+               "favicon-32x32.png": "image/png", "favicon-16x16.png": "image/png"}
 
 # ---- schemas ---------------------------------------------------------------------------------------
 
@@ -60,6 +59,64 @@ NUMBER = {"type": "number"}
 BOOLEAN = {"type": "boolean"}
 
 
+# Ranges that router.validation checks (with TGI's messages) rather than the pydantic types, documented here;
+# tests/router/test_openapi.py holds the validator to every bound. Limits set by flags (--max-stop-sequences,
+# --max-top-n-tokens, --max-client-batch-size, token counts) are in /info, not here.
+_OPENAI_RANGES: dict[str, dict[str, Any]] = {
+    "temperature": {"minimum": 0, "description": "0 is greedy; any other value samples"},
+    "top_p": {"exclusiveMinimum": 0, "maximum": 1, "description": "1 means no nucleus filtering"},
+    "frequency_penalty": {"minimum": -2, "maximum": 2},
+    "presence_penalty": {"minimum": -2, "maximum": 2},
+    "max_tokens": {"minimum": 1, "description": "absent: all the room left under max_total_tokens"},
+    "n": {"minimum": 1, "maximum": 1, "description": "one choice per request"},
+}
+RANGES: dict[str, dict[str, dict[str, Any]]] = {
+    "GenerateParameters": {
+        "temperature": {"exclusiveMinimum": 0},
+        "repetition_penalty": {"exclusiveMinimum": 0},
+        "frequency_penalty": {"minimum": -2, "maximum": 2},
+        "presence_penalty": {"minimum": -2, "maximum": 2},
+        "top_k": {"minimum": 1},
+        "top_p": {"exclusiveMinimum": 0, "exclusiveMaximum": 1},
+        "typical_p": {"exclusiveMinimum": 0, "exclusiveMaximum": 1},
+        "max_new_tokens": {"minimum": 1, "description": "absent: all the room left under max_total_tokens"},
+        "truncate": {"minimum": 1, "description": "keep only the last `truncate` input tokens"},
+        "top_n_tokens": {"minimum": 0, "description": "at most --max-top-n-tokens"},
+        "best_of": {"minimum": 1, "description": "values above 1 are not supported by this server yet"},
+        "watermark": {"description": "not supported by this server yet: `true` is refused"},
+        "grammar": {"description": "not supported by this server yet: refused unless null"},
+        "adapter_id": {"description": "not supported by this server yet (no LoRA adapters)"},
+        "stop": {"description": "at most --max-stop-sequences strings"},
+    },
+    "GenerateRequest": {"inputs": {"minLength": 1}},
+    "ChatCompletionRequest": {
+        **_OPENAI_RANGES,
+        "max_completion_tokens": {"minimum": 1, "description": "OpenAI's newer name for max_tokens; wins over it"},
+        "messages": {"minItems": 1},
+        "logit_bias": {"description": "not supported by this server yet: refused unless empty"},
+    },
+    "CompletionRequest": {
+        **_OPENAI_RANGES,
+        "repetition_penalty": {"exclusiveMinimum": 0},
+        "logit_bias": {"description": "not supported by this server yet: refused unless empty"},
+        "suffix": {"description": "not supported: refused unless null"},
+    },
+}
+
+
+def _constrain(schema: dict[str, Any], constraints: dict[str, Any]) -> None:
+    """Put range keywords on the non-null branch of an optional field, a description on the field."""
+    constraints = dict(constraints)
+    if "description" in constraints:
+        schema["description"] = constraints.pop("description")
+    if not constraints:
+        return
+    branches = [b for b in schema.get("anyOf", [schema]) if b.get("type") not in (None, "null")]
+    if len(branches) != 1:
+        raise RuntimeError(f"cannot place {constraints} on {schema}")
+    branches[0].update(constraints)
+
+
 def _request_schemas() -> dict[str, Any]:
     """The request models' JSON schemas with their $defs lifted into components/schemas."""
     out: dict[str, Any] = {}
@@ -74,10 +131,23 @@ def _request_schemas() -> dict[str, Any]:
     for name in ("ChatCompletionRequest", "CompletionRequest"):
         stop = out[name]["properties"]["stop"]
         stop["anyOf"].insert(0, {"type": "string"})
-        stop["description"] = "one stop string or a list of them"
+        stop["description"] = "one stop string or a list of them, at most --max-stop-sequences"
     logprobs = out["CompletionRequest"]["properties"]["logprobs"]
     logprobs["anyOf"].insert(0, {"type": "boolean"})
     logprobs["description"] = "how many alternatives to return per token (0..5); `true` means 0, `false` none"
+    prompt = out["CompletionRequest"]["properties"]["prompt"]
+    one, many = prompt["anyOf"]
+    one["minLength"] = many["items"]["minLength"] = many["minItems"] = 1
+    prompt["description"] = "one prompt, or a list of at most --max-client-batch-size prompts (one choice each)"
+    # Checked by validators of ChatMessage: a message has content, or tool calls; parts are text parts.
+    out["TextPart"]["properties"]["type"] = {"const": "text"}
+    out["ChatMessage"]["anyOf"] = [
+        {"required": ["content"], "properties": {"content": {"not": {"type": "null"}}}},
+        {"required": ["tool_calls"], "properties": {"tool_calls": {"type": "array", "minItems": 1}}},
+    ]
+    for name, fields in RANGES.items():
+        for field, constraints in fields.items():
+            _constrain(out[name]["properties"][field], constraints)
     return out
 
 
@@ -199,11 +269,12 @@ ERROR_DESCRIPTIONS = {
     "424": "the shard failed during generation (`generation`)",
     "429": "--max-concurrent-requests reached (`overloaded`); retry after `Retry-After` seconds",
     "500": "the generation ended without a final token (`incomplete_generation`)",
-    "503": "the server cannot serve now (starting, a shard failed, or shutting down)",
+    "503": "the server is shutting down (`unavailable`); retry after `Retry-After` seconds, elsewhere",
 }
 ERROR_HEADERS = {
     "401": {"WWW-Authenticate": {"schema": STRING, "description": "`Bearer`"}},
     "429": {"Retry-After": {"schema": STRING, "description": "seconds to wait before retrying"}},
+    "503": {"Retry-After": {"schema": STRING, "description": "seconds to wait before retrying"}},
 }
 TIMING_HEADERS = {
     name: {"schema": STRING, "description": description}
@@ -214,14 +285,24 @@ TIMING_HEADERS = {
         "x-prompt-tokens": "input tokens", "x-generated-tokens": "generated tokens",
     }.items()
 }
+ERROR_EXAMPLES = {
+    "401": ("Unauthorized", "unauthorized"),
+    "413": ("payload is larger than the limit of 2000000 bytes", "validation"),
+    "422": ("`max_new_tokens` must be strictly positive", "validation"),
+    "424": ("Request failed during generation: Server error: shard 0 failed", "generation"),
+    "429": ("Model is overloaded", "overloaded"),
+    "500": ("Request failed during generation: the stream ended without a final token", "incomplete_generation"),
+    "503": ("The server is shutting down", "unavailable"),
+}
 GENERATING_ERRORS = ("401", "413", "422", "424", "429", "500", "503")
 
 
 def _errors(*codes: str) -> dict[str, Any]:
     out = {}
     for code in codes:
-        response: dict[str, Any] = {"description": ERROR_DESCRIPTIONS[code],
-                                    "content": {"application/json": {"schema": _ref("ErrorResponse")}}}
+        message, kind = ERROR_EXAMPLES[code]
+        response: dict[str, Any] = {"description": ERROR_DESCRIPTIONS[code], "content": {"application/json": {
+            "schema": _ref("ErrorResponse"), "example": {"error": message, "error_type": kind}}}}
         if code in ERROR_HEADERS:
             response["headers"] = ERROR_HEADERS[code]
         out[code] = response
@@ -236,13 +317,17 @@ def _json(schema_name: str, description: str, headers: dict | None = None) -> di
     return out
 
 
-def _sse(event_schema: str, description: str, example: str) -> dict[str, Any]:
-    """A text/event-stream body: its events' JSON is described by `event_schema` (x-event-schema)."""
-    return {
-        "schema": {"type": "string", "description": description},
-        "x-event-schema": _ref(event_schema),
-        "example": example,
-    }
+def _sse(event_schema: str, description: str, example: str, done: bool) -> dict[str, Any]:
+    """A text/event-stream body. Before OpenAPI 3.2's `itemSchema`, `schema` describes one event (the
+    convention schemathesis and others read): its `data` is JSON of `event_schema`, or of an ErrorResponse
+    when generation failed after the stream started, or (`done`) the literal `[DONE]` that ends the stream."""
+    payload: dict[str, Any] = {"type": "string", "contentMediaType": "application/json",
+                               "contentSchema": {"anyOf": [_ref(event_schema), _ref("ErrorResponse")]}}
+    data = {"anyOf": [{"const": "[DONE]"}, payload]} if done else payload
+    return {"schema": {
+        "type": "object", "description": f"{description}\n\nOn the wire:\n\n```\n{example}```",
+        "required": ["data"], "properties": {"data": data, "event": STRING, "id": STRING, "retry": INTEGER},
+    }}
 
 
 NATIVE_SSE = _sse(
@@ -254,6 +339,7 @@ NATIVE_SSE = _sse(
     '"generated_text":null,"details":null}\n\n'
     'data:{"index":2,"token":{"id":7,"text":"!","logprob":-0.1,"special":false},'
     '"generated_text":" Hello!","details":null}\n\n',
+    done=False,
 )
 CHAT_SSE = _sse(
     "ChatCompletionChunk",
@@ -262,6 +348,7 @@ CHAT_SSE = _sse(
     'data: {"id":"chatcmpl-1","object":"chat.completion.chunk","created":0,"model":"m",'
     '"choices":[{"index":0,"delta":{"role":"assistant","content":"Hi"},"logprobs":null,"finish_reason":null}]}'
     "\n\ndata: [DONE]\n\n",
+    done=True,
 )
 COMPLETION_SSE = _sse(
     "Completion",
@@ -269,11 +356,22 @@ COMPLETION_SSE = _sse(
     "after the stream started is one `data: {ErrorResponse json}` event.",
     'data: {"id":"cmpl-1","object":"text_completion","created":0,"model":"m",'
     '"choices":[{"index":0,"text":"Hi","logprobs":null,"finish_reason":null}]}\n\ndata: [DONE]\n\n',
+    done=True,
 )
 
 
+REQUEST_EXAMPLES: dict[str, dict[str, Any]] = {
+    "GenerateRequest": {"inputs": "What is Deep Learning?", "parameters": {"max_new_tokens": 20}},
+    "TokenizeRequest": {"inputs": "My name is Olivier and I"},
+    "ChatCompletionRequest": {"model": "tgi", "messages": [{"role": "user", "content": "What is Deep Learning?"}],
+                              "max_tokens": 20},
+    "CompletionRequest": {"model": "tgi", "prompt": "What is Deep Learning?", "max_tokens": 20},
+}
+
+
 def _body(schema_name: str) -> dict[str, Any]:
-    return {"required": True, "content": {"application/json": {"schema": _ref(schema_name)}}}
+    return {"required": True, "content": {"application/json": {
+        "schema": _ref(schema_name), "example": REQUEST_EXAMPLES[schema_name]}}}
 
 
 def _operations() -> dict[str, dict[str, Any]]:
@@ -377,16 +475,17 @@ def _operations() -> dict[str, dict[str, Any]]:
     }
 
 
-def build_openapi(version: str, model_id: str, open_paths: Iterable[str] = DEFAULT_OPEN_PATHS) -> dict[str, Any]:
-    """The OpenAPI 3.1 document of every route; `open_paths` answer without the API key."""
+def build_openapi(version: str, model_id: str, open_paths: Iterable[str] = OPEN_PATHS) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of every route; `open_paths` answer without the API key (by default the
+    api-key middleware's)."""
     open_paths = set(open_paths)
     paths = _operations()
     for path, item in paths.items():
         if path in open_paths:
             for operation in item.values():
                 operation["security"] = []
-    schemas = {**_request_schemas(), **copy.deepcopy(RESPONSE_SCHEMAS)}
-    return {
+    schemas = {**_request_schemas(), **RESPONSE_SCHEMAS}
+    document = {
         "openapi": "3.1.0",
         "info": {
             "title": "tgi-py",
@@ -412,6 +511,8 @@ def build_openapi(version: str, model_id: str, open_paths: Iterable[str] = DEFAU
         },
         "security": [{"BearerAuth": []}],
     }
+    # A tree of its own: the module's constants are shared between operations, and callers may edit it.
+    return copy.deepcopy(document)
 
 
 # ---- serving ---------------------------------------------------------------------------------------
@@ -495,8 +596,7 @@ def add_openapi_routes(app: web.Application, spec: dict[str, Any]) -> None:
             name = request.match_info["name"]
             if name not in DOCS_ASSETS:  # an allow-list: nothing else of the package is reachable
                 raise web.HTTPNotFound()
-            content_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
-            return web.FileResponse(assets / name, headers={"Content-Type": content_type,
+            return web.FileResponse(assets / name, headers={"Content-Type": DOCS_ASSETS[name],
                                                             "Cache-Control": "public, max-age=86400"})
 
         routes.append(web.get("/docs/static/{name}", static))

@@ -24,7 +24,7 @@ from router.sse import SseResponse, StreamFailedBeforeFirstByte, pump_events
 from router.stream import ErrorEvent, TokenEvent
 from router.tracing import RequestTimeline, Tracing
 from router.types import ValidRequest
-from router.validation import ValidationError, Validator, parse_generate_request
+from router.validation import ValidationError, Validator, parse_generate_request, parse_tokenize_request
 
 log = logging.getLogger("router.server")
 VERSION = "0.1.0"
@@ -290,13 +290,8 @@ class Router:
 
     async def tokenize(self, request: web.Request) -> web.Response:
         try:
-            body = json.loads(await self._read_json_body(request))
-            if not isinstance(body, dict) or not isinstance(body.get("inputs"), str):
-                raise ValidationError("`inputs` must be a string")
-            add_special = body.get("add_special_tokens", True)
-            tokens = await asyncio.to_thread(self.validator.tokenize, body["inputs"], bool(add_special))
-        except json.JSONDecodeError as exc:
-            return error_response(422, f"Failed to parse the request body as JSON: {exc}", "validation")
+            parsed = parse_tokenize_request(await self._read_json_body(request))
+            tokens = await asyncio.to_thread(self.validator.tokenize, parsed.inputs, parsed.add_special_tokens)
         except ValidationError as exc:
             return error_response(422, str(exc), "validation")
         return web.json_response(tokens)

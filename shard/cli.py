@@ -73,7 +73,13 @@ def build_engine(args: argparse.Namespace, dist: Distributed) -> Engine:
 
 
 async def serve(args: argparse.Namespace) -> None:
-    dist = Distributed.from_env(torch.device("cpu"))
+    local_rank = int(os.environ.get("LOCAL_RANK", os.environ.get("RANK", "0")))
+    # One GPU per rank when there are GPUs (NCCL between them); otherwise the CPU with gloo.
+    device = torch.device("cuda", local_rank % torch.cuda.device_count()) if torch.cuda.is_available() \
+        else torch.device("cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist = Distributed.from_env(device)
     if "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // dist.world_size))
     engine = build_engine(args, dist)

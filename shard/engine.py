@@ -159,7 +159,7 @@ class Engine:
         last = min(first_position + logits.shape[0], state.input_length - 1)
         if last <= first_position:
             return
-        targets = torch.tensor(ids[first_position + 1: last + 1])[:, None]
+        targets = torch.tensor(ids[first_position + 1: last + 1], device=logits.device)[:, None]
         values = torch.log_softmax(logits[: last - first_position], dim=-1).gather(1, targets).squeeze(1)
         state.prefill_logprob_values.extend(values.tolist())
 

@@ -10,6 +10,27 @@ import torch.nn.functional as F
 from shard.distributed import Distributed
 
 
+class Linear:
+    """y = x W^T + b over a weight stored [out, in] in the checkpoint.
+
+    float32 weights on the CPU are kept transposed ([in, out]): MKL reads that layout about 1.4x faster
+    for the small batches of decoding (measured 37 vs 51 ms per SmolLM2 step at batch 1); bf16 and fp16
+    are faster with the checkpoint's layout.
+    """
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> None:
+        self.transposed = weight.dtype == torch.float32 and weight.device.type == "cpu"
+        self.weight = weight.T.contiguous() if self.transposed else weight
+        self.bias = bias
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.transposed:
+            return F.linear(x, self.weight, self.bias)
+        if self.bias is None:
+            return x @ self.weight
+        return torch.addmm(self.bias, x, self.weight)
+
+
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     # Computed in float32 and cast back, as the reference implementation does, so greedy ids agree.
     x32 = x.float()
@@ -80,13 +101,13 @@ class VocabParallelHead:
     """
 
     def __init__(self, weight: torch.Tensor, padded_rows: int, vocab_size: int, dist: Distributed) -> None:
-        self.weight = weight
+        self.linear = Linear(weight)
         self.padding = padded_rows - weight.shape[0]
         self.vocab_size = vocab_size
         self.dist = dist
 
     def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
-        logits = F.linear(hidden, self.weight)
+        logits = self.linear(hidden)
         if self.dist.world_size == 1:
             return logits
         if self.padding:

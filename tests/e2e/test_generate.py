@@ -165,8 +165,9 @@ def test_non_json_and_oversized_bodies(server: LaunchedServer) -> None:
     bad = requests.post(server.url + "/generate", data=b"{not json", timeout=10,
                         headers={"Content-Type": "application/json"})
     assert bad.status_code == 422 and bad.json()["error_type"] == "validation"
-    huge = requests.post(server.url + "/generate", data=b"x" * 2_100_000, timeout=30,
-                         headers={"Content-Type": "application/json"})
-    assert huge.status_code == 413
-    assert "error" in huge.json()
+    for route in ("/generate", "/v1/chat/completions", "/tokenize"):
+        huge = requests.post(server.url + route, data=b"x" * 2_100_000, timeout=30,
+                             headers={"Content-Type": "application/json"})
+        assert huge.status_code == 413, route
+        assert "error" in huge.json()
     assert server.post("/generate", {"inputs": "hi", "parameters": {"max_new_tokens": 2}}).status_code == 200

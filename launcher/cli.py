@@ -121,6 +121,14 @@ def check_limits(settings: dict[str, Any]) -> None:
     default=90.0,
     help="Seconds a child may take to exit after SIGTERM before it is killed.",
 )
+@_option("--nnodes", type=click.IntRange(min=1), default=1,
+         help="Machines in the tensor-parallel group; --num-shard is split evenly over them (ours).")
+@_option("--node-rank", type=click.IntRange(min=0), default=0,
+         help="This machine's index in the group; node 0 runs the router (ours).")
+@_option("--shard-port", type=PORT, default=29700,
+         help="With --nnodes > 1: first TCP port of this node's shards, one per local shard (ours).")
+@_option("--shard-advertise-host", default=None,
+         help="With --nnodes > 1: address the router reaches this node's shards at (default: this host's IP).")
 @_option("--prefill-chunk-tokens", type=click.IntRange(min=1), default=256,
          help="Prompt tokens a shard feeds per step while other requests decode (chunked prefill; ours).")
 @_option("--liveness-timeout", type=click.FloatRange(min=0.1), default=120.0,
@@ -138,6 +146,11 @@ def main(**settings: Any) -> None:
     if not settings["shard_uds_path"]:
         raise click.BadParameter("must not be empty", param_hint="--shard-uds-path")
     check_limits(settings)
+    if settings["num_shard"] % settings["nnodes"]:
+        raise click.UsageError(f"--num-shard ({settings['num_shard']}) must be a multiple of --nnodes "
+                               f"({settings['nnodes']}): each node runs the same number of shards")
+    if settings["node_rank"] >= settings["nnodes"]:
+        raise click.UsageError(f"--node-rank ({settings['node_rank']}) must be < --nnodes ({settings['nnodes']})")
     try:
         model = resolve_model(settings["model_id"], settings["revision"])
         model_defaults = default_token_limits(model.path)
@@ -172,7 +185,12 @@ def main(**settings: Any) -> None:
         router_flags=router_flags(settings),
         json_output=settings["json_output"],
         grace_s=settings["graceful_termination_timeout"],
-        shard_extra_env={"PREFILL_CHUNK_TOKENS": str(settings["prefill_chunk_tokens"])},
+        shard_extra_env={"PREFILL_CHUNK_TOKENS": str(settings["prefill_chunk_tokens"]),
+                         **({"SHARD_ADVERTISE_HOST": settings["shard_advertise_host"]}
+                            if settings["shard_advertise_host"] else {})},
+        nnodes=settings["nnodes"],
+        node_rank=settings["node_rank"],
+        shard_port=settings["shard_port"],
         # Through the environment, not argv: a command line is visible to every user in `ps`.
         router_extra_env={"API_KEY": settings["api_key"]} if settings["api_key"] else None,
     )

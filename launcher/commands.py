@@ -32,7 +32,7 @@ class LaunchPlan:
     shards: Sequence[ChildSpec]
     # shard_sockets[r] is where shards[r] answers gRPC Health once its model is loaded.
     shard_sockets: Sequence[Path]
-    router: ChildSpec
+    router: ChildSpec | None  # None on the worker nodes of a multi-node group
     router_health_url: str
     public_url: str
     shard_ready_timeout_s: float = DEFAULT_READY_TIMEOUT_S
@@ -119,6 +119,9 @@ def plan_launch(
     grace_s: float = DEFAULT_GRACE_S,
     shard_extra_env: Mapping[str, str] | None = None,
     router_extra_env: Mapping[str, str] | None = None,
+    nnodes: int = 1,
+    node_rank: int = 0,
+    shard_port: int = 29700,
 ) -> LaunchPlan:
     """The real launch: `num_shard` shard ranks behind one router.
 
@@ -126,18 +129,25 @@ def plan_launch(
     every user could read them with `ps`)."""
     command = shard_command(model_dir, uds_path, dtype, kv_cache_bytes, trust_remote_code)
     pythonpath = project_pythonpath()
-    shards = [
-        ChildSpec(f"shard {rank}", command, {**pythonpath, **shard_env(rank, num_shard, master_addr, master_port),
-                                             **(shard_extra_env or {})})
-        for rank in range(num_shard)
-    ]
-    router = ChildSpec(
-        "router", router_command(model_id, model_dir, uds_path, hostname, port, router_flags),
-        {**pythonpath, **(router_extra_env or {})},
-    )
+    # --num-shard is the whole world; this node runs its share, ranks node_rank * local .. + local - 1.
+    local = num_shard // nnodes
+    ranks = [node_rank * local + i for i in range(local)]
+    shards = []
+    for i, rank in enumerate(ranks):
+        env = {**pythonpath, **shard_env(rank, num_shard, master_addr, master_port), "LOCAL_RANK": str(i),
+               "NODE_RANK": str(node_rank), **(shard_extra_env or {})}
+        if nnodes > 1:  # the router on node 0 reaches other nodes' shards over TCP
+            env["SHARD_PORT"] = str(shard_port + i)
+        shards.append(ChildSpec(f"shard {rank}", command, env))
+    router = None
+    if node_rank == 0:
+        router = ChildSpec(
+            "router", router_command(model_id, model_dir, uds_path, hostname, port, router_flags),
+            {**pythonpath, **(router_extra_env or {})},
+        )
     return LaunchPlan(
         shards=shards,
-        shard_sockets=[shard_socket_path(uds_path, rank) for rank in range(num_shard)],
+        shard_sockets=[shard_socket_path(uds_path, rank) for rank in ranks],
         router=router,
         router_health_url=health_url(hostname, port),
         public_url=public_url(hostname, port),

@@ -110,10 +110,13 @@ class Supervisor:
         for (spec, _), path in zip(self._shards, self.plan.shard_sockets, strict=True):
             self._wait_until(lambda p=path: shard_is_healthy(p), self.plan.shard_ready_timeout_s, spec.name)
             self.log(f"{spec.name} is ready on {path}")
-        self._router = (self.plan.router, self._spawn(self.plan.router))
-        url = self.plan.router_health_url
-        self._wait_until(lambda: router_is_healthy(url), self.plan.router_ready_timeout_s, "router")
-        print(f"tgi-py listening on {self.plan.public_url}", flush=True)
+        if self.plan.router is None:  # a worker node of a multi-node group: shards only
+            print(f"tgi-py worker node: {len(self._shards)} shard(s) serving", flush=True)
+        else:
+            self._router = (self.plan.router, self._spawn(self.plan.router))
+            url = self.plan.router_health_url
+            self._wait_until(lambda: router_is_healthy(url), self.plan.router_ready_timeout_s, "router")
+            print(f"tgi-py listening on {self.plan.public_url}", flush=True)
         while True:
             self._check_children("while serving")
             time.sleep(_POLL_S)

@@ -7,6 +7,7 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 from pathlib import Path
 
 import grpc
@@ -84,7 +85,16 @@ async def serve(args: argparse.Namespace) -> None:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // dist.world_size))
     engine = build_engine(args, dist)
     socket_path = f"{args.uds_path}-{dist.rank}"
-    urls = [f"unix://{args.uds_path}-{r}" for r in range(dist.world_size)]
+    # Ranks on node 0 (the router's) answer on their unix socket; ranks on other nodes also listen on
+    # TCP and tell rank 0 where, so that ServiceDiscovery lists every rank the router must call.
+    tcp_port = os.environ.get("SHARD_PORT")
+    remote = tcp_port is not None and os.environ.get("NODE_RANK", "0") != "0"
+    if remote:
+        host = os.environ.get("SHARD_ADVERTISE_HOST") or socket.gethostbyname(socket.gethostname())
+        own_url = f"{host}:{tcp_port}"
+    else:
+        own_url = f"unix://{socket_path}"
+    urls = dist.all_gather_strings(own_url)
     info = pb.InfoResponse(
         requires_padding=False, dtype=args.dtype, device_type=dist.device.type, speculate=0,
         support_chunking=False, use_prefix_caching=False, attention_impl="paged-sdpa",
@@ -99,6 +109,8 @@ async def serve(args: argparse.Namespace) -> None:
     old_umask = os.umask(0o077)  # the socket is the owner's alone
     try:
         server.add_insecure_port(f"unix://{socket_path}")
+        if remote:
+            server.add_insecure_port(f"0.0.0.0:{tcp_port}")
         await server.start()
     finally:
         os.umask(old_umask)

@@ -56,6 +56,14 @@ class Distributed:
         dist.all_gather(parts, tensor.contiguous())
         return torch.cat(parts, dim=-1)
 
+    def all_gather_strings(self, value: str) -> list[str]:
+        """Every rank's string, in rank order (used once at start-up, for the shards' addresses)."""
+        if self.world_size == 1:
+            return [value]
+        gathered: list[str | None] = [None] * self.world_size
+        dist.all_gather_object(gathered, value)
+        return [str(v) for v in gathered]
+
     def close(self) -> None:
         if dist.is_initialized():
             dist.destroy_process_group()

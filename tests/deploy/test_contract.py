@@ -30,8 +30,6 @@ NON_FLAG_ENV = {
     "HF_HOME": "huggingface_hub / transformers caches",
     "OMP_NUM_THREADS": "torch's thread pool in each shard",
 }
-# Flags the multi-node template passes that tgi-launch does not implement yet (deploy/k8s/README.md).
-PENDING_MULTINODE_FLAGS = ("--nnodes", "--node-rank")
 # What kubelet substitutes for $(VAR) at run time, for parsing the templates' values.
 LWS_RUNTIME = {"LWS_LEADER_ADDRESS": "tgi-py-0.tgi-py.default", "LWS_GROUP_SIZE": "2", "LWS_WORKER_INDEX": "1"}
 
@@ -204,10 +202,6 @@ def test_launcher_accepts_each_containers_args_and_env(renderings, monkeypatch):
     for label, objs in renderings:
         for role, _, container in containers(objs):
             args = [substitute(a) for a in container.get("args", [])]
-            for flag in PENDING_MULTINODE_FLAGS:
-                if flag in args:
-                    index = args.index(flag)
-                    del args[index:index + 2]
             env = {name: substitute(value) for name, value in env_values(container).items()}
             with monkeypatch.context() as patch:
                 params = parse_launcher(image_entrypoint_args() + args, env, patch)
@@ -220,14 +214,8 @@ def test_launcher_accepts_each_containers_args_and_env(renderings, monkeypatch):
             if label.endswith("multinode"):
                 assert params["master_addr"] == LWS_RUNTIME["LWS_LEADER_ADDRESS"]
                 assert params["master_port"] == 29500
-
-
-def test_multinode_flags_are_still_pending_in_the_launcher(monkeypatch):
-    # The multi-node manifests are a template because tgi-launch lacks these flags. When it gains them,
-    # update deploy/k8s/README.md ("Multi-node"), the overlay and the chart, then this list.
-    for flag in PENDING_MULTINODE_FLAGS:
-        with pytest.raises(click.NoSuchOption):
-            parse_launcher(["--hostname", "0.0.0.0", flag, "1"], {}, monkeypatch)
+                assert params["nnodes"] == int(LWS_RUNTIME["LWS_GROUP_SIZE"])
+                assert params["node_rank"] == int(LWS_RUNTIME["LWS_WORKER_INDEX"])
 
 
 def test_gpu_shards_match_gpus():

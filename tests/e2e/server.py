@@ -67,12 +67,12 @@ def read_until(sock: socket.socket, marker: bytes) -> bytes:
 
 
 def launch(model_dir: Path | None, *args: str, env: dict[str, str] | None = None,
-           startup_timeout: float = 300.0) -> LaunchedServer:
+           startup_timeout: float = 300.0, master_port: int | None = None) -> LaunchedServer:
     port = free_port()
     # Unix socket paths are limited to ~108 bytes: keep them short, not under pytest's tmp_path.
     uds = os.path.join(tempfile.mkdtemp(prefix="tgi"), "s")
     command = [sys.executable, "-m", "launcher", "--port", str(port), "--shard-uds-path", uds,
-               "--master-port", str(free_port()), *args]
+               "--master-port", str(master_port or free_port()), *args]
     if model_dir is not None:
         command += ["--model-id", str(model_dir)]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

@@ -171,7 +171,7 @@ class Batcher:
         m.batch_inference_duration.labels(method).observe(time.monotonic() - start)
         m.batch_forward_duration.labels(method).observe(response.forward_ns / 1e9)
         m.batch_decode_duration.labels(method).observe(response.decode_ns / 1e9)
-        self._dispatch(response.generations)
+        self._dispatch(response.generations, time.monotonic())
         self._observe_batch()
         return response.batch if response.HasField("batch") else None
 
@@ -180,8 +180,8 @@ class Batcher:
         self.metrics.batch_current_max_tokens.set(
             sum(e.cache_tokens(self.config.block_size) for e in self.running.values()))
 
-    def _dispatch(self, generations: Iterable[pb.Generation]) -> None:
-        now = self.last_progress = time.monotonic()
+    def _dispatch(self, generations: Iterable[pb.Generation], received_at: float) -> None:
+        now = self.last_progress = received_at
         for generation in generations:
             entry = self.running.get(generation.request_id)
             if entry is None:
@@ -204,6 +204,7 @@ class Batcher:
                 top_tokens=[t for tokens in generation.top_tokens for t in _tokens(tokens)],
                 prefill=_tokens(generation.prefill_tokens) if generation.HasField("prefill_tokens") else [],
                 finished=finished,
+                received_at=received_at,
             ))
 
     async def _filter_cancelled(self) -> None:

@@ -41,6 +41,9 @@ class Metrics:
                                        labels=["method"])
         self.batch_filter_duration = h("tgi_batch_filter_duration", "FilterBatch time", labels=["method"])
         self.batch_inference_duration = h("tgi_batch_inference_duration", "Shard call time", labels=["method"])
+        # ours: from the router receiving a token from the shard to its SSE bytes being written
+        self.token_overhead = h("tgi_py_router_token_overhead", "Shard response received -> SSE write done",
+                                (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1))
         self._counter_names = [m._name for m in (
             self.request_count, self.request_success, self.request_failure,
             self.batch_inference_count, self.batch_inference_success)]

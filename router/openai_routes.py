@@ -213,7 +213,8 @@ class OpenAIRoutes:
 
         try:
             for (valid, entry), render in zip(requests, renderers, strict=True):
-                last = await pump_events(sse, entry.stream, render, error, self.router.config.sse_ping_interval)
+                last = await pump_events(sse, entry.stream, render, error, self.router.config.sse_ping_interval,
+                                         self.router.observe_token_overhead)
                 if last is None:
                     self.router.metrics.request_failure.labels("generation").inc()
                     return await sse.end()

@@ -217,6 +217,9 @@ class Router:
 
         return await self.handle(request, work)
 
+    def observe_token_overhead(self, event: TokenEvent) -> None:
+        self.metrics.token_overhead.observe(time.monotonic() - event.received_at)
+
     def record_success(self, valid: ValidRequest, entry: Entry, generated_tokens: int) -> None:
         m = self.metrics
         now = time.monotonic()
@@ -268,6 +271,7 @@ class Router:
             last = await pump_events(
                 sse, entry.stream, lambda e: sse_event(stream_event(valid, e)),
                 lambda e: sse_event({"error": e.message, "error_type": e.error_type}), self.config.sse_ping_interval,
+                self.observe_token_overhead,
             )
         except StreamFailedBeforeFirstByte as exc:
             raise GenerationFailed(exc.event) from exc

@@ -49,6 +49,7 @@ async def pump_events(
     render: Callable[[TokenEvent], bytes],
     render_error: Callable[[ErrorEvent], bytes],
     ping_interval: float,
+    on_written: Callable[[TokenEvent], None] | None = None,
 ) -> TokenEvent | None:
     """Write every token event until the last one; ping while nothing comes. Returns the final event.
 
@@ -67,5 +68,7 @@ async def pump_events(
             await sse.write(render_error(event))
             return None
         await sse.write(render(event))
+        if on_written is not None:
+            on_written(event)
         if event.finished is not None:
             return event

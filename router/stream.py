@@ -34,6 +34,8 @@ class TokenEvent:
     top_tokens: list[Token] = field(default_factory=list)
     prefill: list[Token] = field(default_factory=list)
     finished: Finished | None = None
+    # monotonic time the router received this token from the shard (router overhead metric)
+    received_at: float = 0.0
 
 
 @dataclass(frozen=True)

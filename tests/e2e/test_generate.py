@@ -51,6 +51,13 @@ def test_stream_sends_one_event_per_token_and_the_same_text_as_generate(server: 
     assert streamed_text == last["generated_text"]
     generated = server.post("/generate", body).json()
     assert generated["generated_text"] == last["generated_text"]
+    import re
+
+    import requests
+
+    metrics = requests.get(server.url + "/metrics", timeout=10).text
+    written = float(re.search(r"^tgi_py_router_token_overhead_count (\S+)$", metrics, re.M).group(1))
+    assert written >= 30  # every streamed token's router overhead was measured
     assert [t["id"] for t in generated["details"]["tokens"]] == [e["token"]["id"] for e in events]
 
 

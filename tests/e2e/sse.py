@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 
 import requests
 
@@ -22,3 +23,22 @@ def stream(url: str, body: dict, timeout: float = 120) -> list[dict]:
         assert response.status_code == 200, response.text
         assert response.headers["Content-Type"].startswith("text/event-stream")
         return list(events(response))
+
+
+def stream_then(url: str, body: dict, after_first: Callable[[], None], timeout: float = 60) -> tuple[list[dict], float]:
+    """Stream `body`; call `after_first` once the first event is in; read on to the end.
+
+    Returns every event and the seconds from `after_first` to the stream's end.
+    """
+    collected: list[dict] = []
+    with requests.post(url, json=body, stream=True, timeout=timeout) as response:
+        assert response.status_code == 200, response.text
+        lines = response.iter_lines()
+        for raw in lines:
+            if raw.startswith(b"data:"):
+                collected.append(json.loads(raw[5:]))
+                break
+        after_first()
+        acted_at = time.monotonic()
+        collected.extend(json.loads(raw[5:]) for raw in lines if raw.startswith(b"data:"))
+    return collected, time.monotonic() - acted_at

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import glob
-import json
 import os
 import signal
-import time
 from pathlib import Path
-
-import requests
 
 from tests.e2e.procs import children_of, cmdline, wait_gone
 from tests.e2e.server import launch
+from tests.e2e.sse import stream_then
 
 
 def test_sigterm_and_sigint_stop_every_process_and_remove_sockets(tiny_llama: Path) -> None:
@@ -33,20 +30,8 @@ def test_killed_shard_ends_the_stream_with_an_error_and_the_launcher_exits_nonze
     children = children_of(server.process.pid)
     shard = next(p for p in children if "shard.cli" in cmdline(p))
     body = {"inputs": "Hello world", "parameters": {"max_new_tokens": 1900}}
-    events: list[dict] = []
-    with requests.post(server.url + "/generate_stream", json=body, stream=True, timeout=60) as response:
-        assert response.status_code == 200
-        lines = response.iter_lines()
-        for raw in lines:
-            if raw.startswith(b"data:"):
-                events.append(json.loads(raw[5:]))
-                break
-        os.kill(shard, signal.SIGKILL)
-        killed_at = time.monotonic()
-        for raw in lines:
-            if raw.startswith(b"data:"):
-                events.append(json.loads(raw[5:]))
-        ended_after = time.monotonic() - killed_at
+    events, ended_after = stream_then(server.url + "/generate_stream", body,
+                                      lambda: os.kill(shard, signal.SIGKILL))
     assert events[-1].get("error_type") == "generation", events[-3:]
     assert ended_after < 10, ended_after
     assert server.process.wait(timeout=60) != 0

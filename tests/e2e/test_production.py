@@ -84,15 +84,20 @@ def read_stream(server_url: str, body: dict, out: dict) -> None:
     out["events"] = events
 
 
+def reading_in_background(server_url: str, body: dict) -> tuple[threading.Thread, dict]:
+    """A stream read on a thread; returns once its first event has arrived."""
+    out: dict = {}
+    reader = threading.Thread(target=read_stream, args=(server_url, body, out))
+    reader.start()
+    while "first_at" not in out and reader.is_alive():
+        time.sleep(0.01)
+    return reader, out
+
+
 def test_sigterm_drains_in_flight_streams_then_exits_zero(tiny_llama: Path) -> None:
     server = launch(tiny_llama, *SMALL)
     children = children_of(server.process.pid)
-    out: dict = {}
-    reader = threading.Thread(target=read_stream, args=(server.url, {
-        "inputs": "Hello", "parameters": {"max_new_tokens": 600}}, out))
-    reader.start()
-    while "first_at" not in out:
-        time.sleep(0.01)
+    reader, out = reading_in_background(server.url, {"inputs": "Hello", "parameters": {"max_new_tokens": 600}})
     server.process.send_signal(signal.SIGTERM)
     time.sleep(0.3)
     # While draining: no new work, and readiness is off so a load balancer stops sending any.
@@ -109,12 +114,7 @@ def test_sigterm_drains_in_flight_streams_then_exits_zero(tiny_llama: Path) -> N
 
 def test_drain_timeout_ends_the_rest_with_an_error_event(tiny_llama: Path) -> None:
     server = launch(tiny_llama, *SMALL, "--graceful-termination-timeout", "1")
-    out: dict = {}
-    reader = threading.Thread(target=read_stream, args=(server.url, {
-        "inputs": "Hello", "parameters": {"max_new_tokens": 1900}}, out))
-    reader.start()
-    while "first_at" not in out:
-        time.sleep(0.01)
+    reader, out = reading_in_background(server.url, {"inputs": "Hello", "parameters": {"max_new_tokens": 1900}})
     server.process.send_signal(signal.SIGTERM)
     reader.join(timeout=60)
     assert server.process.wait(timeout=60) == 0, server.log()

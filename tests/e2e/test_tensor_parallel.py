@@ -11,6 +11,7 @@ import pytest
 
 from tests.e2e.procs import children_of, cmdline, wait_gone
 from tests.e2e.server import launch
+from tests.e2e.sse import stream_then
 from tests.e2e.test_embedded_model import CHAT_PROMPT
 from tests.e2e.test_generate import reference_ids
 from tests.model_factory import build_llama
@@ -75,25 +76,11 @@ def test_smollm2_greedy_ids_and_weight_split_across_shards(tmp_path_factory: pyt
 
 
 def test_killing_one_of_two_shards_ends_the_stream_and_the_launcher(tiny_llama: Path) -> None:
-    import json
-
-    import requests
-
     server = launch(tiny_llama, "--num-shard", "2", "--max-input-tokens", "64", "--max-total-tokens", "2048")
     children = children_of(server.process.pid)
     shard1 = next(p for p in children if "shard.cli" in cmdline(p) and b"\0RANK=1\0" in environ(p))
-    events = []
-    with requests.post(server.url + "/generate_stream", json={"inputs": "Hello", "parameters": {
-            "max_new_tokens": 1900}}, stream=True, timeout=60) as response:
-        lines = response.iter_lines()
-        for raw in lines:
-            if raw.startswith(b"data:"):
-                events.append(json.loads(raw[5:]))
-                break
-        os.kill(shard1, signal.SIGKILL)
-        for raw in lines:
-            if raw.startswith(b"data:"):
-                events.append(json.loads(raw[5:]))
+    events, _ = stream_then(server.url + "/generate_stream", {"inputs": "Hello", "parameters": {
+        "max_new_tokens": 1900}}, lambda: os.kill(shard1, signal.SIGKILL))
     assert events[-1].get("error_type") == "generation", events[-2:]
     assert server.process.wait(timeout=60) != 0
     assert wait_gone(children) == []

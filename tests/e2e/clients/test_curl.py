@@ -70,8 +70,10 @@ def test_chat_stream_from_the_docs(server: LaunchedServer) -> None:
     assert raw.endswith(b"data: [DONE]\n\n")  # with the space: huggingface_hub only recognises exactly that
     chunks = [json.loads(p) for p in payloads[:-1]]
     assert all(c["object"] == "chat.completion.chunk" for c in chunks)
-    assert len(chunks) == 20
-    assert chunks[-1]["choices"][0]["finish_reason"] == "length"
+    # It samples without a seed, so EOS may come before max_tokens (the tiny model only makes it unlikely):
+    # one chunk per token either way, and the last one says which of the two ended it.
+    assert 1 <= len(chunks) <= 20
+    assert chunks[-1]["choices"][0]["finish_reason"] == ("length" if len(chunks) == 20 else "stop")
     assert all(c["choices"][0]["finish_reason"] is None for c in chunks[:-1])
     # OpenAI names the role in the first chunk (TGI in every one); clients accept both.
     assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"

@@ -84,3 +84,14 @@ def context_slots(
     slots = table[:, positions // block_size] * block_size + positions % block_size
     mask = positions[None, :] < torch.tensor(lengths, device=device)[:, None]
     return slots, mask[:, None, None, :]
+
+
+def block_tables(
+    tables: list[list[int]], lengths: list[int], block_size: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each sequence's blocks covering its `lengths` cached positions, padded: int32 [B, max_blocks], and
+    the lengths as int32 [B]. Attention that reads the paged cache in place needs only these."""
+    max_blocks = blocks_needed(max(lengths), block_size)
+    rows = [bt[:max_blocks] + [0] * (max_blocks - len(bt[:max_blocks])) for bt in tables]
+    return (torch.tensor(rows, dtype=torch.int32, device=device),
+            torch.tensor(lengths, dtype=torch.int32, device=device))

@@ -8,27 +8,27 @@ import torch
 import torch.nn.functional as F
 
 from shard.distributed import Distributed
+from shard.kernels import cpu as cpu_kernels
 
 
 class Linear:
-    """y = x W^T + b over a weight stored [out, in] in the checkpoint.
+    """y = x W^T + b over a weight stored [out, in] as in the checkpoint.
 
-    float32 weights on the CPU are kept transposed ([in, out]): MKL reads that layout about 1.4x faster
-    for the small batches of decoding (measured 37 vs 51 ms per SmolLM2 step at batch 1); bf16 and fp16
-    are faster with the checkpoint's layout.
+    On the CPU, batches of up to a few dozen rows (decoding) go through shard/kernels/cpu_gemv.c, which
+    streams the weights at close to memory bandwidth; larger batches (prefill) through torch's BLAS.
     """
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> None:
-        self.transposed = weight.dtype == torch.float32 and weight.device.type == "cpu"
-        self.weight = weight.T.contiguous() if self.transposed else weight
+        self.weight = weight
         self.bias = bias
+        self.kernels = cpu_kernels.load() if weight.device.type == "cpu" else None
+        self.kernel_max_rows = self.kernels.preferred_max_rows(weight.dtype) if self.kernels else 0
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.transposed:
-            return F.linear(x, self.weight, self.bias)
-        if self.bias is None:
-            return x @ self.weight
-        return torch.addmm(self.bias, x, self.weight)
+        if x.shape[0] <= self.kernel_max_rows:
+            assert self.kernels is not None
+            return self.kernels.linear(x, self.weight, self.bias)
+        return F.linear(x, self.weight, self.bias)
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

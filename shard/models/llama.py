@@ -7,6 +7,7 @@ up to the number of KV heads works, even when the heads do not divide evenly.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -14,14 +15,8 @@ import torch.nn.functional as F
 from shard.distributed import Distributed, split_range
 from shard.kv_cache import KVCache
 from shard.models.config import ModelConfig
-from shard.models.layers import (
-    Linear,
-    Rotary,
-    VocabParallelEmbedding,
-    VocabParallelHead,
-    apply_rotary,
-    rms_norm,
-)
+from shard.models.layers import Linear, Rotary, VocabParallelEmbedding, VocabParallelHead
+from shard.models.ops import LayerOps, ops_for
 from shard.weights import Weights
 
 
@@ -41,16 +36,21 @@ class PrefillSpan:
 class AttentionInputs:
     """Where the new tokens' keys/values go and what each row attends to.
 
-    The first `decode_count` rows are decode tokens (one per sequence) attending to the cache slots
-    `context_slots` [B, L] where `context_mask` [B, 1, 1, L] is true; the rows after them are prompt
-    chunks (`prefill_spans`), each attending causally to its own prompt.
+    The first `decode_count` rows are decode tokens (one per sequence) attending to their cached
+    context: given as `block_tables` [B, max_blocks] (int32) and `context_lengths` [B] (int32) to ops
+    that read the paged cache in place, otherwise as the cache slots `context_slots` [B, L] where
+    `context_mask` [B, 1, 1, L] is true. The rows after them are prompt chunks (`prefill_spans`), each
+    attending causally to its own prompt.
     """
 
     slot_mapping: torch.Tensor
     prefill_spans: list[PrefillSpan] = field(default_factory=list)
     decode_count: int = 0
+    block_size: int = 16
     context_slots: torch.Tensor | None = None
     context_mask: torch.Tensor | None = None
+    block_tables: torch.Tensor | None = None
+    context_lengths: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -85,10 +85,11 @@ class Partition:
 
 class DecoderLayer:
     def __init__(self, prefix: str, config: ModelConfig, part: Partition, weights: Weights,
-                 dist: Distributed) -> None:
+                 dist: Distributed, ops: LayerOps) -> None:
         hd = config.head_dim
         self.config = config
         self.dist = dist
+        self.ops = ops
         self.num_q = part.q_heads[1] - part.q_heads[0]
         self.num_kv = part.kv_heads[1] - part.kv_heads[0]
         q_rows = (part.q_heads[0] * hd, part.q_heads[1] * hd)
@@ -133,28 +134,22 @@ class DecoderLayer:
             return None
         return weights.get(name)
 
-    def __call__(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attn: AttentionInputs,
-                 k_cache: torch.Tensor, v_cache: torch.Tensor) -> torch.Tensor:
-        hd = self.config.head_dim
-        h = rms_norm(x, self.input_norm, self.config.rms_norm_eps)
-        qkv = self.qkv(h)
-        q, k, v = qkv.split([self.num_q * hd, self.num_kv * hd, self.num_kv * hd], dim=-1)
-        q = apply_rotary(q.view(-1, self.num_q, hd), cos, sin)
-        k = apply_rotary(k.view(-1, self.num_kv, hd), cos, sin)
-        v = v.view(-1, self.num_kv, hd)
-        k_cache.index_copy_(0, attn.slot_mapping, k)
-        v_cache.index_copy_(0, attn.slot_mapping, v)
+    def __call__(self, x: torch.Tensor, rope: Any, attn: AttentionInputs, k_cache: torch.Tensor,
+                 v_cache: torch.Tensor) -> torch.Tensor:
+        ops, eps = self.ops, self.config.rms_norm_eps
+        q, k, v = ops.split_rotate(self.qkv(ops.rms_norm(x, self.input_norm, eps)), self.num_q, self.num_kv,
+                                   self.config.head_dim, rope)
+        ops.store_kv(k, v, attn.slot_mapping, k_cache, v_cache)
         out = self._attend(q, k, v, attn, k_cache, v_cache)
         x = x + self.dist.all_reduce_sum(self.o_proj(out))
-        h = rms_norm(x, self.post_norm, self.config.rms_norm_eps)
-        gate, up = self.gate_up(h).chunk(2, dim=-1)
-        return x + self.dist.all_reduce_sum(self.down(F.silu(gate) * up))
+        h = ops.rms_norm(x, self.post_norm, eps)
+        return x + self.dist.all_reduce_sum(self.down(ops.silu_mul(self.gate_up(h))))
 
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn: AttentionInputs,
                 k_cache: torch.Tensor, v_cache: torch.Tensor) -> torch.Tensor:
         outs = []
         if attn.decode_count:
-            outs.append(self._attend_decode(q[: attn.decode_count], attn, k_cache, v_cache))
+            outs.append(self.ops.decode_attention(q[: attn.decode_count], attn, k_cache, v_cache))
         for span in attn.prefill_spans:
             rows = slice(span.start_row, span.start_row + span.length)
             if span.context_slots is None:
@@ -170,27 +165,6 @@ class DecoderLayer:
             outs.append(o.transpose(0, 1).flatten(1))
         return outs[0] if len(outs) == 1 else torch.cat(outs)
 
-    def _attend_decode(self, q: torch.Tensor, attn: AttentionInputs, k_cache: torch.Tensor,
-                       v_cache: torch.Tensor) -> torch.Tensor:
-        assert attn.context_slots is not None
-        # index_select on the flat slot list is a plain strided copy, cheaper than advanced indexing.
-        batch, length = attn.context_slots.shape
-        flat = attn.context_slots.reshape(-1)
-        keys = k_cache.index_select(0, flat).view(batch, length, self.num_kv, -1).transpose(1, 2)  # [B, kv, L, hd]
-        values = v_cache.index_select(0, flat).view(batch, length, self.num_kv, -1).transpose(1, 2)
-        if q.dtype == torch.float32:
-            o = F.scaled_dot_product_attention(
-                q[:, :, None, :], keys, values, attn_mask=attn.context_mask, enable_gqa=True
-            )
-            return o.flatten(1)
-        # With one query per sequence, the CPU SDPA kernel is ~7x slower in bf16 than two batched
-        # matmuls over each KV group's queries (measured: 2.2 ms vs 0.3 ms at 16 x 200 tokens).
-        group = self.num_q // self.num_kv
-        scores = torch.matmul(q.view(batch, self.num_kv, group, -1), keys.transpose(-1, -2)).float()
-        scores = scores.mul_(q.shape[-1] ** -0.5).masked_fill_(~attn.context_mask, float("-inf"))
-        probs = torch.softmax(scores, dim=-1).to(q.dtype)
-        return torch.matmul(probs, values).reshape(batch, -1)
-
 
 class LlamaModel:
     def __init__(self, config: ModelConfig, weights: Weights, dist: Distributed) -> None:
@@ -199,10 +173,11 @@ class LlamaModel:
         self.partition = part = Partition.of(config, dist.rank, dist.world_size)
         self.dtype = weights.dtype
         self.device = weights.device
+        self.ops = ops_for(self.device, self.dtype)
         embed = weights.get_rows("model.embed_tokens.weight", *part.vocab)
         self.embed = VocabParallelEmbedding(embed, part.vocab[0], dist)
         self.layers = [
-            DecoderLayer(f"model.layers.{i}", config, part, weights, dist) for i in range(config.num_layers)
+            DecoderLayer(f"model.layers.{i}", config, part, weights, dist, self.ops) for i in range(config.num_layers)
         ]
         self.norm = weights.get("model.norm.weight")
         if config.tie_word_embeddings or not weights.has("lm_head.weight"):
@@ -221,8 +196,8 @@ class LlamaModel:
                 cache: KVCache, logits_indices: torch.Tensor) -> torch.Tensor:
         """Logits [len(logits_indices), vocab] for the selected flattened token positions."""
         x = self.embed(input_ids)
-        cos, sin = self.rotary.cos_sin(positions, x.dtype)
+        rope = self.ops.rope_tables(self.rotary, positions, x.dtype)
         for layer, k_cache, v_cache in zip(self.layers, cache.keys, cache.values, strict=True):
-            x = layer(x, cos, sin, attn, k_cache, v_cache)
-        x = rms_norm(x[logits_indices], self.norm, self.config.rms_norm_eps)
+            x = layer(x, rope, attn, k_cache, v_cache)
+        x = self.ops.rms_norm(x[logits_indices], self.norm, self.config.rms_norm_eps)
         return self.lm_head(x).float()

@@ -1,0 +1,88 @@
+"""Decode steps of the shard engine in-process (no gRPC, no router): ms per step, tokens/s, weight GB/s.
+
+    .venv/bin/python -m bench.engine_step --batch 1,4,16,32 --dtype float32,bfloat16
+
+Each configuration prefills `batch` prompts of `--prompt-tokens` tokens, then times `--steps` decode
+steps of the whole batch through Engine.decode (forward, sampling, detokenization: everything the
+shard does per step but gRPC). `--compare-torch` also runs each configuration with the CPU kernels
+off (TGI_PY_CPU_KERNELS=0), side by side. Prints one line per configuration, and the memory read
+bandwidth measured in the same run, so that batch-1 results read as a fraction of it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from bench.membw import read_bandwidth_gbs
+
+
+def build(model_dir: Path, dtype: str, kernels: bool):
+    from shard import cli
+    from shard.distributed import Distributed
+    from shard.kernels import cpu
+
+    os.environ[cpu.DISABLE_ENV] = "1" if kernels else "0"
+    cpu.load.cache_clear()
+    args = argparse.Namespace(model_dir=model_dir, dtype=dtype, kv_cache_bytes=1 << 30, block_size=16,
+                              trust_remote_code=False, prefill_chunk_tokens=256)
+    return cli.build_engine(args, Distributed(rank=0, world_size=1, device=torch.device("cpu")))
+
+
+def measure(engine, batch: int, prompt_tokens: int, steps: int) -> list[float]:
+    from tgi_proto import generate_pb2 as pb
+
+    engine.clear(None)
+    requests = [
+        pb.Request(id=i, input_ids=[(17 * i + 31 * t) % 1000 + 100 for t in range(prompt_tokens)],
+                   parameters=pb.NextTokenChooserParameters(),
+                   stopping_parameters=pb.StoppingCriteriaParameters(max_new_tokens=steps + 2, ignore_eos_token=True))
+        for i in range(batch)
+    ]
+    result = engine.prefill(pb.Batch(id=1, requests=requests, size=batch), None)
+    cached = result.batch
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        cached = engine.decode([cached]).batch
+        times.append(time.perf_counter() - start)
+    engine.clear(None)
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model-dir", type=Path, default=None, help="default: the embedded SmolLM2 (converted)")
+    parser.add_argument("--batch", default="1,4,16,32")
+    parser.add_argument("--dtype", default="float32,bfloat16")
+    parser.add_argument("--prompt-tokens", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=32)
+    parser.add_argument("--compare-torch", action="store_true")
+    args = parser.parse_args()
+    if args.model_dir is None:
+        from launcher.embedded import ensure_embedded_model
+        from launcher.model_source import default_cache_dir
+
+        args.model_dir = ensure_embedded_model(default_cache_dir()).path
+    gbs = read_bandwidth_gbs()
+    print(f"memory read bandwidth: {gbs:.1f} GB/s (torch.sum over 1 GiB, {torch.get_num_threads()} threads)")
+    print(f"{'dtype':9} {'kernels':8} {'batch':>5} {'ms/step p50':>11} {'tok/s':>7} {'weight GB/s':>11} "
+          f"{'of membw':>8}")
+    for dtype in args.dtype.split(","):
+        for kernels in ([True, False] if args.compare_torch else [True]):
+            engine = build(args.model_dir, dtype, kernels)
+            for batch in (int(b) for b in args.batch.split(",")):
+                measure(engine, batch, args.prompt_tokens, 4)  # warm the allocator and the caches
+                p50 = statistics.median(measure(engine, batch, args.prompt_tokens, args.steps))
+                weight_gbs = engine.weight_bytes / p50 / 1e9
+                print(f"{dtype:9} {'on' if kernels else 'off':8} {batch:5d} {p50 * 1e3:11.1f} {batch / p50:7.1f} "
+                      f"{weight_gbs:11.1f} {weight_gbs / gbs:8.0%}")
+
+
+if __name__ == "__main__":
+    main()

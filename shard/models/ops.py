@@ -1,0 +1,122 @@
+"""The per-layer operations of the Llama family, in two implementations with one interface.
+
+TorchOps is plain torch and runs anywhere (GPU included). KernelOps calls shard/kernels (CPU, float32
+or bfloat16): each operation is one C call instead of 5-10 tensor operations, and decode attention
+reads the paged cache in place instead of copying each sequence's context out first.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import torch
+import torch.nn.functional as F
+
+from shard.kernels import cpu as cpu_kernels
+from shard.models.layers import Rotary, apply_rotary, rms_norm
+
+
+class LayerOps(Protocol):
+    # Whether decode attention wants block tables + lengths (True) or gathered slots + mask (False).
+    reads_paged_cache: bool
+
+    def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor: ...
+    def rope_tables(self, rotary: Rotary, positions: torch.Tensor, dtype: torch.dtype) -> Any: ...
+    def split_rotate(self, qkv: torch.Tensor, num_q: int, num_kv: int, head_dim: int,
+                     tables: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]: ...
+    def store_kv(self, k: torch.Tensor, v: torch.Tensor, slots: torch.Tensor, k_cache: torch.Tensor,
+                 v_cache: torch.Tensor) -> None: ...
+    def decode_attention(self, q: torch.Tensor, attn: Any, k_cache: torch.Tensor,
+                         v_cache: torch.Tensor) -> torch.Tensor: ...
+    def silu_mul(self, gate_up: torch.Tensor) -> torch.Tensor: ...
+
+
+class TorchOps:
+    reads_paged_cache = False
+
+    def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+        return rms_norm(x, weight, eps)
+
+    def rope_tables(self, rotary: Rotary, positions: torch.Tensor, dtype: torch.dtype) -> Any:
+        return rotary.cos_sin(positions, dtype)
+
+    def split_rotate(self, qkv: torch.Tensor, num_q: int, num_kv: int, head_dim: int,
+                     tables: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        cos, sin = tables
+        q, k, v = qkv.split([num_q * head_dim, num_kv * head_dim, num_kv * head_dim], dim=-1)
+        q = apply_rotary(q.view(-1, num_q, head_dim), cos, sin)
+        k = apply_rotary(k.view(-1, num_kv, head_dim), cos, sin)
+        return q, k, v.view(-1, num_kv, head_dim)
+
+    def store_kv(self, k: torch.Tensor, v: torch.Tensor, slots: torch.Tensor, k_cache: torch.Tensor,
+                 v_cache: torch.Tensor) -> None:
+        k_cache.index_copy_(0, slots, k)
+        v_cache.index_copy_(0, slots, v)
+
+    def decode_attention(self, q: torch.Tensor, attn: Any, k_cache: torch.Tensor,
+                         v_cache: torch.Tensor) -> torch.Tensor:
+        # index_select on the flat slot list is a plain strided copy, cheaper than advanced indexing.
+        batch, length = attn.context_slots.shape
+        num_q, num_kv = q.shape[1], k_cache.shape[1]
+        flat = attn.context_slots.reshape(-1)
+        keys = k_cache.index_select(0, flat).view(batch, length, num_kv, -1).transpose(1, 2)  # [B, kv, L, hd]
+        values = v_cache.index_select(0, flat).view(batch, length, num_kv, -1).transpose(1, 2)
+        if q.dtype == torch.float32:
+            o = F.scaled_dot_product_attention(
+                q[:, :, None, :], keys, values, attn_mask=attn.context_mask, enable_gqa=True
+            )
+            return o.flatten(1)
+        # With one query per sequence, the CPU SDPA kernel is ~7x slower in bf16 than two batched
+        # matmuls over each KV group's queries (measured: 2.2 ms vs 0.3 ms at 16 x 200 tokens).
+        group = num_q // num_kv
+        scores = torch.matmul(q.reshape(batch, num_kv, group, -1), keys.transpose(-1, -2)).float()
+        scores = scores.mul_(q.shape[-1] ** -0.5).masked_fill_(~attn.context_mask, float("-inf"))
+        probs = torch.softmax(scores, dim=-1).to(q.dtype)
+        return torch.matmul(probs, values).reshape(batch, -1)
+
+    def silu_mul(self, gate_up: torch.Tensor) -> torch.Tensor:
+        gate, up = gate_up.chunk(2, dim=-1)
+        return F.silu(gate) * up
+
+
+class KernelOps:
+    reads_paged_cache = True
+
+    def __init__(self, kernels: cpu_kernels.CpuKernels) -> None:
+        self.kernels = kernels
+
+    def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+        return self.kernels.rms_norm(x, weight, eps)
+
+    def rope_tables(self, rotary: Rotary, positions: torch.Tensor, dtype: torch.dtype) -> Any:
+        freqs = positions.float()[:, None] * rotary.inv_freq[None, :]
+        return freqs.cos(), freqs.sin()
+
+    def split_rotate(self, qkv: torch.Tensor, num_q: int, num_kv: int, head_dim: int,
+                     tables: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        cos, sin = tables
+        qkv = qkv.contiguous()
+        self.kernels.rotary_(qkv, 0, num_q + num_kv, head_dim, cos, sin)  # q and k heads are adjacent
+        q, k, v = qkv.split([num_q * head_dim, num_kv * head_dim, num_kv * head_dim], dim=-1)
+        return q.view(-1, num_q, head_dim), k.view(-1, num_kv, head_dim), v.view(-1, num_kv, head_dim)
+
+    def store_kv(self, k: torch.Tensor, v: torch.Tensor, slots: torch.Tensor, k_cache: torch.Tensor,
+                 v_cache: torch.Tensor) -> None:
+        width = k.shape[1] * k.shape[2]
+        self.kernels.store_rows(k, 0, width, slots, k_cache)
+        self.kernels.store_rows(v, 0, width, slots, v_cache)
+
+    def decode_attention(self, q: torch.Tensor, attn: Any, k_cache: torch.Tensor,
+                         v_cache: torch.Tensor) -> torch.Tensor:
+        return self.kernels.paged_attention(q, q.shape[1], k_cache, v_cache, attn.block_tables,
+                                            attn.context_lengths, attn.block_size)
+
+    def silu_mul(self, gate_up: torch.Tensor) -> torch.Tensor:
+        return self.kernels.silu_mul(gate_up)
+
+
+def ops_for(device: torch.device, dtype: torch.dtype) -> LayerOps:
+    kernels = cpu_kernels.load() if device.type == "cpu" and dtype in (torch.float32, torch.bfloat16) else None
+    if kernels is None or not kernels.preferred:
+        return TorchOps()
+    return KernelOps(kernels)

@@ -18,13 +18,14 @@ log = logging.getLogger("shard.server")
 
 
 class TextGenerationService(pb_grpc.TextGenerationServiceServicer):
-    def __init__(self, engine: Engine, info: pb.InfoResponse, urls: list[str]) -> None:
+    def __init__(self, engine: Engine, info: pb.InfoResponse, urls: list[str],
+                 engine_thread: ThreadPoolExecutor) -> None:
         self.engine = engine
         self.info = info
         self.urls = urls
-        # One thread: the engine is not re-entrant, every rank must run steps in the same order,
-        # and the event loop stays free to answer Health while a step runs.
-        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
+        # One thread (the one that built the engine): the engine is not re-entrant, every rank must run
+        # steps in the same order, and the event loop stays free to answer Health while a step runs.
+        self._worker = engine_thread
         self._last_log = 0.0
 
     async def _run(self, context: grpc.aio.ServicerContext, fn, *args):

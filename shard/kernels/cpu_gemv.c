@@ -12,7 +12,9 @@
 #include <stdint.h>
 #include <string.h>
 
-#define ROWS 4 /* weight rows per block */
+#ifndef ROWS
+#define ROWS 8 /* weight rows per block: 8 x XB accumulators fill the 32 AVX-512 registers */
+#endif
 #define XB 4   /* input rows per block */
 #define INLINE static inline __attribute__((always_inline))
 

@@ -45,6 +45,11 @@ RUN python -c "from launcher.embedded import ensure_embedded_model; from launche
 FROM ${PYTHON_IMAGE}
 LABEL org.opencontainers.image.title="tgi-py" \
       org.opencontainers.image.description="Text-generation server speaking Hugging Face TGI's HTTP API"
+# A C compiler: the shard builds its CPU kernels (shard/kernels) for the CPU it runs on, at start-up,
+# into the temporary directory (an emptyDir in deploy/k8s); without one it decodes with torch alone.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends gcc libc6-dev \
+ && rm -rf /var/lib/apt/lists/*
 RUN groupadd --system --gid 1000 tgi \
  && useradd --system --uid 1000 --gid tgi --home-dir /home/tgi --create-home --shell /usr/sbin/nologin tgi
 COPY --from=build /opt/venv /opt/venv

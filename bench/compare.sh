@@ -19,16 +19,26 @@ trap cleanup EXIT
 wait_up() { for _ in $(seq 600); do curl -sf "$1" >/dev/null && return 0; sleep 1; done; echo "no answer from $1"; exit 1; }
 
 .venv/bin/python bench/membw.py | tee "$OUT/membw.txt"
+# The engine alone, in-process: ms per decode step, tokens/s and weight bandwidth, CPU kernels on and off
+.venv/bin/python -m bench.engine_step --batch 1,4,16,32 --compare-torch 2>/dev/null | tee "$OUT/engine-step.txt"
 run() {  # name url api
   .venv/bin/tgi-bench --target "$1=$2,api=$3" --concurrency "$LEVELS" --output-tokens "$TOKENS" \
       --prompt-tokens "$PROMPT" --prompt-template chatml --no-progress --output "$OUT/$1.json" | tee "$OUT/$1.txt"
 }
+overhead_at_32() {  # name url: the router's per-token overhead over a separate 32-stream run
+  .venv/bin/python -m bench.overhead snapshot "$2" > "$OUT/$1-overhead-before.json"
+  .venv/bin/tgi-bench --target "$1-32=$2,api=tgi" --concurrency 32 --output-tokens "$TOKENS" \
+      --prompt-tokens "$PROMPT" --prompt-template chatml --no-progress > /dev/null
+  .venv/bin/python -m bench.overhead delta "$2" "$OUT/$1-overhead-before.json" | tee "$OUT/$1-overhead-32.json"
+}
 .venv/bin/tgi-launch --port 3101 --shard-uds-path /tmp/cmp-f32 --master-port 29611 --max-concurrent-requests 64 \
     --max-input-tokens 1024 --max-total-tokens 1536 > "$OUT/tgi-py-fp32.log" 2>&1 & pids+=($!)
-wait_up http://127.0.0.1:3101/health; run tgi-py-fp32 http://127.0.0.1:3101 tgi; kill "${pids[-1]}"; wait "${pids[-1]}" || true
+wait_up http://127.0.0.1:3101/health; run tgi-py-fp32 http://127.0.0.1:3101 tgi
+overhead_at_32 tgi-py-fp32 http://127.0.0.1:3101; kill "${pids[-1]}"; wait "${pids[-1]}" || true
 .venv/bin/tgi-launch --port 3102 --shard-uds-path /tmp/cmp-bf16 --master-port 29612 --dtype bfloat16 \
     --max-concurrent-requests 64 --max-input-tokens 1024 --max-total-tokens 1536 > "$OUT/tgi-py-bf16.log" 2>&1 & pids+=($!)
-wait_up http://127.0.0.1:3102/health; run tgi-py-bf16 http://127.0.0.1:3102 tgi; kill "${pids[-1]}"; wait "${pids[-1]}" || true
+wait_up http://127.0.0.1:3102/health; run tgi-py-bf16 http://127.0.0.1:3102 tgi
+overhead_at_32 tgi-py-bf16 http://127.0.0.1:3102; kill "${pids[-1]}"; wait "${pids[-1]}" || true
 if [ -n "${LLAMA_SERVER:-}" ]; then
   "$LLAMA_SERVER" -m "$GGUF" --host 127.0.0.1 --port 8080 --parallel 16 -c $((16 * 2048)) --no-webui \
       > "$OUT/llama-server.log" 2>&1 & pids+=($!)

@@ -57,11 +57,15 @@ async def pump_events(
     raises StreamFailedBeforeFirstByte (a real HTTP status); after it, it becomes one error event.
     """
     while True:
-        try:
-            event = await asyncio.wait_for(stream.next_event(), timeout=ping_interval)
-        except TimeoutError:
-            await sse.write(PING)
-            continue
+        # A token already queued is taken at once: no timer, no extra trip through the event loop.
+        event = stream.next_event_nowait()
+        if event is None:
+            try:
+                async with asyncio.timeout(ping_interval):
+                    event = await stream.next_event()
+            except TimeoutError:
+                await sse.write(PING)
+                continue
         if isinstance(event, ErrorEvent):
             if not sse.started:
                 raise StreamFailedBeforeFirstByte(event)

@@ -75,3 +75,6 @@ class RequestStream:
 
     async def next_event(self) -> Event:
         return await self._events.get()
+
+    def next_event_nowait(self) -> Event | None:
+        return None if self._events.empty() else self._events.get_nowait()

@@ -1,9 +1,10 @@
-"""Builds cpu_gemv.c and cpu_ops.c for this machine at first use and calls it on torch tensors through ctypes.
+"""Builds cpu_gemv.c and cpu_ops.c for this machine at first use and calls them through ctypes.
 
-The library is compiled with the system C compiler (`-O3 -march=native -fopenmp`) into the tgi-py cache
-(TGI_PY_CACHE, default ~/.cache/tgi-py) under a name that hashes the source, the compiler and the CPU's
-flags, so a cache shared between machines never hands one CPU another's build. It links the OpenMP
-runtime that torch has already loaded (same soname), so its threads are torch's threads.
+The library is compiled with the system C compiler (`-O3 -march=native -fopenmp`) into the tgi-py
+cache (TGI_PY_CACHE, default ~/.cache/tgi-py; the temporary directory where that is read-only) under
+a name that hashes the sources, the compiler and the CPU's flags, so a cache shared between machines
+never hands one CPU another's build. It links the OpenMP runtime that torch has already loaded (same
+soname), so its threads are torch's threads.
 
 Without a compiler, or with TGI_PY_CPU_KERNELS=0, `load()` gives None and the model uses torch alone.
 TGI_PY_CPU_KERNELS=force uses them even on a CPU without AVX-512, where the portable build is slower
@@ -48,12 +49,12 @@ def _cpu_flags() -> str:
     return ""
 
 
-def build(compiler: str, target: Path | None = None, march: str = "native") -> Path:
+def build(compiler: str, target: Path | None = None, march: str = "native", directory: Path | None = None) -> Path:
     """Compile the library (or reuse the cached build) and return its path."""
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, check=True).stdout
     parts = [source.read_text() for source in SOURCES] + [version, march, _cpu_flags()]
     key = hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
-    target = target or cache_dir() / f"tgi_cpu-{key}.so"
+    target = target or (directory or cache_dir()) / f"tgi_cpu-{key}.so"
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -202,7 +203,12 @@ def load() -> CpuKernels | None:
         log.warning("no C compiler found: the small-batch CPU kernels are off, decoding uses torch alone")
         return None
     try:
-        kernels = _open(build(compiler))
+        try:
+            path = build(compiler)
+        except PermissionError:
+            # a read-only cache (the container image's): build where this process may write
+            path = build(compiler, directory=Path(tempfile.gettempdir()) / "tgi-py-kernels")
+        kernels = _open(path)
         kernels = CpuKernels(kernels.library, kernels.features, forced=os.environ.get(DISABLE_ENV) == "force")
     except (OSError, subprocess.CalledProcessError) as exc:
         detail = getattr(exc, "stderr", "") or str(exc)

@@ -1,0 +1,69 @@
+"""The router's per-token overhead over one stretch of load, from tgi-py's /metrics histogram.
+
+    python -m bench.overhead snapshot http://127.0.0.1:3000 > before.json
+    ... run the load ...
+    python -m bench.overhead delta http://127.0.0.1:3000 before.json
+
+`tgi_py_router_token_overhead` is the time from a shard response reaching the router to each of its
+tokens' SSE bytes being written. `delta` prints the tokens observed in between, their mean, the share
+under 1 ms, and p50/p99 as the upper bound of the bucket that holds them.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import urllib.request
+
+from prometheus_client.parser import text_string_to_metric_families
+
+METRIC = "tgi_py_router_token_overhead"
+
+
+def snapshot(url: str) -> dict:
+    text = urllib.request.urlopen(url.rstrip("/") + "/metrics", timeout=10).read().decode()
+    buckets: dict[str, float] = {}
+    total = count = 0.0
+    for family in text_string_to_metric_families(text):
+        if family.name != METRIC:
+            continue
+        for sample in family.samples:
+            if sample.name.endswith("_bucket"):
+                buckets[sample.labels["le"]] = sample.value
+            elif sample.name.endswith("_sum"):
+                total = sample.value
+            elif sample.name.endswith("_count"):
+                count = sample.value
+    return {"buckets": buckets, "sum": total, "count": count}
+
+
+def summarize(before: dict, after: dict) -> dict:
+    count = after["count"] - before["count"]
+    if count <= 0:
+        return {"tokens": 0}
+    cumulative = sorted(((float(le), after["buckets"][le] - before["buckets"].get(le, 0.0))
+                         for le in after["buckets"]), key=lambda item: item[0])
+
+    def quantile(q: float) -> float:
+        return next(le for le, n in cumulative if n >= q * count)
+
+    under_1ms = next(n for le, n in cumulative if le >= 0.001) / count
+    return {"tokens": int(count), "mean_ms": (after["sum"] - before["sum"]) / count * 1e3,
+            "p50_ms_at_most": quantile(0.5) * 1e3, "p99_ms_at_most": quantile(0.99) * 1e3,
+            "share_under_1ms": under_1ms}
+
+
+def main() -> None:
+    command, url, *rest = sys.argv[1:]
+    if command == "snapshot":
+        print(json.dumps(snapshot(url)))
+    elif command == "delta":
+        with open(rest[0]) as handle:
+            before = json.load(handle)
+        print(json.dumps(summarize(before, snapshot(url))))
+    else:
+        raise SystemExit(__doc__)
+
+
+if __name__ == "__main__":
+    main()

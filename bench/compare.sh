@@ -53,3 +53,7 @@ if [ -n "${SERVE_DEPS:-}" ]; then
       --concurrency "$LEVELS" --output-tokens "$TOKENS" --prompt-tokens "$PROMPT" --prompt-template chatml \
       --no-progress --output "$OUT/transformers-serve.json" | tee "$OUT/transformers-serve.txt"
 fi
+# One table and one chart for all the servers of this run
+.venv/bin/python -m bench.combine "$OUT"/tgi-py-fp32.json "$OUT"/tgi-py-bf16.json \
+    $([ -n "${SERVE_DEPS:-}" ] && echo "$OUT"/transformers-serve.json) \
+    $([ -n "${LLAMA_SERVER:-}" ] && echo "$OUT"/llama-server.json) --chart "$OUT/chart.png" | tee "$OUT/table.md"

@@ -122,6 +122,27 @@ class CpuKernels:
                               _is_bf16(x))
         return out
 
+    def add_rms_norm_(self, x: torch.Tensor, delta: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+        """x += delta in place (x contiguous), then rms_norm(x) as a new tensor."""
+        assert x.is_contiguous() and x.dtype == delta.dtype
+        delta = delta.contiguous()
+        out = torch.empty_like(x)
+        self.library.add_rms_norm(x.data_ptr(), delta.data_ptr(), weight.data_ptr(), out.data_ptr(), x.shape[0],
+                                  x.shape[1], eps, _is_bf16(x))
+        return out
+
+    def rotate_and_store_(self, qkv: torch.Tensor, num_q: int, num_kv: int, head_dim: int, cos: torch.Tensor,
+                          sin: torch.Tensor, slots: torch.Tensor, k_cache: torch.Tensor,
+                          v_cache: torch.Tensor) -> None:
+        """Rotates the q and k heads of the contiguous rows [q | k | v] in place and stores k, v at `slots`."""
+        assert qkv.is_contiguous() and qkv.shape[1] == (num_q + 2 * num_kv) * head_dim
+        assert cos.dtype == torch.float32 and cos.is_contiguous() and sin.is_contiguous()
+        assert slots.dtype == torch.int64 and k_cache.is_contiguous() and v_cache.is_contiguous()
+        assert k_cache.dtype == qkv.dtype == v_cache.dtype
+        self.library.rotate_and_store(qkv.data_ptr(), qkv.shape[0], num_q, num_kv, head_dim, cos.data_ptr(),
+                                      sin.data_ptr(), slots.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(),
+                                      _is_bf16(qkv))
+
     def rotary_(self, x: torch.Tensor, column: int, heads: int, head_dim: int, cos: torch.Tensor,
                 sin: torch.Tensor) -> None:
         """Rotates `heads` heads starting at `column` of each row of the 2-D `x`, in place.
@@ -184,6 +205,8 @@ def _open(path: Path) -> CpuKernels:
     for name in ("gemv_f32", "gemv_bf16"):
         _declare(library, name, ptr, ptr, ptr, ptr, i32, i32, i32)
     _declare(library, "rms_norm", ptr, ptr, ptr, i32, i32, f32, i32)
+    _declare(library, "add_rms_norm", ptr, ptr, ptr, ptr, i32, i32, f32, i32)
+    _declare(library, "rotate_and_store", ptr, i32, i32, i32, i32, ptr, ptr, ptr, ptr, ptr, i32)
     _declare(library, "rotary", ptr, i32, i64, i32, i32, i32, ptr, ptr, i32)
     _declare(library, "store_rows", ptr, i32, i64, i32, i32, ptr, ptr, i32)
     _declare(library, "paged_attention", ptr, i64, ptr, ptr, ptr, i32, ptr, i32, i32, i32, i32, i32, f32, ptr, i32)

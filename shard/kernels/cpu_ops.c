@@ -128,6 +128,20 @@ void rms_norm(const void *x, const void *weight, void *out, int rows, int dim, f
              rms_norm_row(x, weight, out, (int64_t)r * dim, dim, eps, 1));
 }
 
+/* x += delta (rounded as torch's add), then out = rms_norm(x): the residual add and the next norm in one
+ * pass, where the layer code would make two calls and a torch op. */
+INLINE void add_rms_norm_row(void *x, const void *delta, const void *weight, void *out, int64_t base, int dim,
+                             float eps, int bf16) {
+  for (int i = 0; i < dim; i++) store(x, base + i, load(x, base + i, bf16) + load(delta, base + i, bf16), bf16);
+  rms_norm_row(x, weight, out, base, dim, eps, bf16);
+}
+void add_rms_norm(void *x, const void *delta, const void *weight, void *out, int rows, int dim, float eps, int bf16) {
+#pragma omp parallel for schedule(static) if (rows > 8)
+  for (int r = 0; r < rows; r++)
+    BY_DTYPE(bf16, add_rms_norm_row(x, delta, weight, out, (int64_t)r * dim, dim, eps, 0),
+             add_rms_norm_row(x, delta, weight, out, (int64_t)r * dim, dim, eps, 1));
+}
+
 /* Rotates `heads` heads of head_dim starting at column `col` of each row, in place (rotate-half form).
  * cos/sin: float32 [rows, head_dim / 2]. torch computes x * cos + rotate_half(x) * sin with each
  * product rounded, then the sum: so does this. */
@@ -154,6 +168,18 @@ void rotary(void *x, int rows, int64_t row_stride, int col, int heads, int head_
 }
 
 /* Copies `width` values at column `col` of each row into cache[slots[r]] (rows of `width`). */
+void store_rows(const void *x, int rows, int64_t row_stride, int col, int width, const int64_t *slots, void *cache,
+                int bf16);
+
+/* The attention input of a layer in one call: rotate the q and k heads of each qkv row in place, then
+ * store its k and v heads in the caches at the row's slot. */
+void rotate_and_store(void *qkv, int rows, int num_q, int num_kv, int head_dim, const float *cos_table,
+                      const float *sin_table, const int64_t *slots, void *k_cache, void *v_cache, int bf16) {
+  int64_t width = (int64_t)(num_q + 2 * num_kv) * head_dim;
+  rotary(qkv, rows, width, 0, num_q + num_kv, head_dim, cos_table, sin_table, bf16);
+  store_rows(qkv, rows, width, num_q * head_dim, num_kv * head_dim, slots, k_cache, bf16);
+  store_rows(qkv, rows, width, (num_q + num_kv) * head_dim, num_kv * head_dim, slots, v_cache, bf16);
+}
 void store_rows(const void *x, int rows, int64_t row_stride, int col, int width, const int64_t *slots, void *cache,
                 int bf16) {
   size_t size = bf16 ? 2 : 4;

@@ -134,16 +134,20 @@ class DecoderLayer:
             return None
         return weights.get(name)
 
-    def __call__(self, x: torch.Tensor, rope: Any, attn: AttentionInputs, k_cache: torch.Tensor,
-                 v_cache: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, delta: torch.Tensor | None, rope: Any, attn: AttentionInputs,
+                 k_cache: torch.Tensor, v_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(residual stream, this layer's MLP output): the caller's next layer (or the final norm) adds
+        the second to the first, so each residual add shares a pass with the norm that follows it."""
         ops, eps = self.ops, self.config.rms_norm_eps
-        q, k, v = ops.split_rotate(self.qkv(ops.rms_norm(x, self.input_norm, eps)), self.num_q, self.num_kv,
-                                   self.config.head_dim, rope)
-        ops.store_kv(k, v, attn.slot_mapping, k_cache, v_cache)
+        if delta is None:
+            h = ops.rms_norm(x, self.input_norm, eps)
+        else:
+            x, h = ops.add_rms_norm(x, delta, self.input_norm, eps)
+        q, k, v = ops.qkv_to_cache(self.qkv(h), self.num_q, self.num_kv, self.config.head_dim, rope,
+                                   attn.slot_mapping, k_cache, v_cache)
         out = self._attend(q, k, v, attn, k_cache, v_cache)
-        x = x + self.dist.all_reduce_sum(self.o_proj(out))
-        h = ops.rms_norm(x, self.post_norm, eps)
-        return x + self.dist.all_reduce_sum(self.down(ops.silu_mul(self.gate_up(h))))
+        x, h = ops.add_rms_norm(x, self.dist.all_reduce_sum(self.o_proj(out)), self.post_norm, eps)
+        return x, self.dist.all_reduce_sum(self.down(ops.silu_mul(self.gate_up(h))))
 
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn: AttentionInputs,
                 k_cache: torch.Tensor, v_cache: torch.Tensor) -> torch.Tensor:
@@ -197,7 +201,8 @@ class LlamaModel:
         """Logits [len(logits_indices), vocab] for the selected flattened token positions."""
         x = self.embed(input_ids)
         rope = self.ops.rope_tables(self.rotary, positions, x.dtype)
+        delta = None
         for layer, k_cache, v_cache in zip(self.layers, cache.keys, cache.values, strict=True):
-            x = layer(x, rope, attn, k_cache, v_cache)
-        x = self.ops.rms_norm(x[logits_indices], self.norm, self.config.rms_norm_eps)
+            x, delta = layer(x, delta, rope, attn, k_cache, v_cache)
+        _, x = self.ops.add_rms_norm(x[logits_indices], delta[logits_indices], self.norm, self.config.rms_norm_eps)
         return self.lm_head(x).float()

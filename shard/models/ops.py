@@ -21,11 +21,12 @@ class LayerOps(Protocol):
     reads_paged_cache: bool
 
     def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor: ...
+    def add_rms_norm(self, x: torch.Tensor, delta: torch.Tensor, weight: torch.Tensor,
+                     eps: float) -> tuple[torch.Tensor, torch.Tensor]: ...
     def rope_tables(self, rotary: Rotary, positions: torch.Tensor, dtype: torch.dtype) -> Any: ...
-    def split_rotate(self, qkv: torch.Tensor, num_q: int, num_kv: int, head_dim: int,
-                     tables: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]: ...
-    def store_kv(self, k: torch.Tensor, v: torch.Tensor, slots: torch.Tensor, k_cache: torch.Tensor,
-                 v_cache: torch.Tensor) -> None: ...
+    def qkv_to_cache(self, qkv: torch.Tensor, num_q: int, num_kv: int, head_dim: int, tables: Any,
+                     slots: torch.Tensor, k_cache: torch.Tensor,
+                     v_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]: ...
     def decode_attention(self, q: torch.Tensor, attn: Any, k_cache: torch.Tensor,
                          v_cache: torch.Tensor) -> torch.Tensor: ...
     def silu_mul(self, gate_up: torch.Tensor) -> torch.Tensor: ...
@@ -37,21 +38,25 @@ class TorchOps:
     def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
         return rms_norm(x, weight, eps)
 
+    def add_rms_norm(self, x: torch.Tensor, delta: torch.Tensor, weight: torch.Tensor,
+                     eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+        x = x + delta
+        return x, rms_norm(x, weight, eps)
+
     def rope_tables(self, rotary: Rotary, positions: torch.Tensor, dtype: torch.dtype) -> Any:
         return rotary.cos_sin(positions, dtype)
 
-    def split_rotate(self, qkv: torch.Tensor, num_q: int, num_kv: int, head_dim: int,
-                     tables: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def qkv_to_cache(self, qkv: torch.Tensor, num_q: int, num_kv: int, head_dim: int, tables: Any,
+                     slots: torch.Tensor, k_cache: torch.Tensor,
+                     v_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         cos, sin = tables
         q, k, v = qkv.split([num_q * head_dim, num_kv * head_dim, num_kv * head_dim], dim=-1)
         q = apply_rotary(q.view(-1, num_q, head_dim), cos, sin)
         k = apply_rotary(k.view(-1, num_kv, head_dim), cos, sin)
-        return q, k, v.view(-1, num_kv, head_dim)
-
-    def store_kv(self, k: torch.Tensor, v: torch.Tensor, slots: torch.Tensor, k_cache: torch.Tensor,
-                 v_cache: torch.Tensor) -> None:
+        v = v.view(-1, num_kv, head_dim)
         k_cache.index_copy_(0, slots, k)
         v_cache.index_copy_(0, slots, v)
+        return q, k, v
 
     def decode_attention(self, q: torch.Tensor, attn: Any, k_cache: torch.Tensor,
                          v_cache: torch.Tensor) -> torch.Tensor:
@@ -88,23 +93,23 @@ class KernelOps:
     def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
         return self.kernels.rms_norm(x, weight, eps)
 
+    def add_rms_norm(self, x: torch.Tensor, delta: torch.Tensor, weight: torch.Tensor,
+                     eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+        # in place: x is the layer stack's own residual stream
+        return x, self.kernels.add_rms_norm_(x, delta, weight, eps)
+
     def rope_tables(self, rotary: Rotary, positions: torch.Tensor, dtype: torch.dtype) -> Any:
         freqs = positions.float()[:, None] * rotary.inv_freq[None, :]
         return freqs.cos(), freqs.sin()
 
-    def split_rotate(self, qkv: torch.Tensor, num_q: int, num_kv: int, head_dim: int,
-                     tables: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def qkv_to_cache(self, qkv: torch.Tensor, num_q: int, num_kv: int, head_dim: int, tables: Any,
+                     slots: torch.Tensor, k_cache: torch.Tensor,
+                     v_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         cos, sin = tables
         qkv = qkv.contiguous()
-        self.kernels.rotary_(qkv, 0, num_q + num_kv, head_dim, cos, sin)  # q and k heads are adjacent
+        self.kernels.rotate_and_store_(qkv, num_q, num_kv, head_dim, cos, sin, slots, k_cache, v_cache)
         q, k, v = qkv.split([num_q * head_dim, num_kv * head_dim, num_kv * head_dim], dim=-1)
         return q.view(-1, num_q, head_dim), k.view(-1, num_kv, head_dim), v.view(-1, num_kv, head_dim)
-
-    def store_kv(self, k: torch.Tensor, v: torch.Tensor, slots: torch.Tensor, k_cache: torch.Tensor,
-                 v_cache: torch.Tensor) -> None:
-        width = k.shape[1] * k.shape[2]
-        self.kernels.store_rows(k, 0, width, slots, k_cache)
-        self.kernels.store_rows(v, 0, width, slots, v_cache)
 
     def decode_attention(self, q: torch.Tensor, attn: Any, k_cache: torch.Tensor,
                          v_cache: torch.Tensor) -> torch.Tensor:

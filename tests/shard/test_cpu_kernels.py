@@ -111,16 +111,28 @@ def test_paged_attention_matches_gathered_attention(kernels: cpu.CpuKernels, dty
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_kernel_ops_store_rows_into_their_slots(kernels: cpu.CpuKernels, dtype: torch.dtype) -> None:
+def test_kernel_ops_rotate_and_store_rows_into_their_slots(kernels: cpu.CpuKernels, dtype: torch.dtype) -> None:
     qkv = torch.randn(3, 4 * 8 + 2 * 2 * 8).to(dtype)
-    k = qkv[:, 32:48].view(3, 2, 8)
-    v = qkv[:, 48:].view(3, 2, 8)
     slots = torch.tensor([7, 0, 12])
     want_k, want_v = torch.zeros(16, 2, 8, dtype=dtype), torch.zeros(16, 2, 8, dtype=dtype)
-    TorchOps().store_kv(k, v, slots, want_k, want_v)
+    cos, sin = torch.rand(3, 4), torch.rand(3, 4)
+    tables = (torch.cat((cos, cos), -1).to(dtype)[:, None, :], torch.cat((sin, sin), -1).to(dtype)[:, None, :])
+    want = TorchOps().qkv_to_cache(qkv.clone(), 4, 2, 8, tables, slots, want_k, want_v)
     got_k, got_v = torch.zeros_like(want_k), torch.zeros_like(want_v)
-    KernelOps(kernels).store_kv(k, v, slots, got_k, got_v)
-    assert torch.equal(got_k, want_k) and torch.equal(got_v, want_v)
+    got = KernelOps(kernels).qkv_to_cache(qkv.clone(), 4, 2, 8, (cos, sin), slots, got_k, got_v)
+    for g, w in zip(got, want, strict=True):
+        assert_close(g, w, dtype)
+    assert_close(got_k, want_k, dtype)  # rotated keys
+    assert torch.equal(got_v, want_v)  # values are copied as they are
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_add_rms_norm_adds_in_place_and_normalises(kernels: cpu.CpuKernels, dtype: torch.dtype) -> None:
+    x, delta, weight = torch.randn(5, 64).to(dtype), torch.randn(5, 64).to(dtype), (torch.rand(64) + 0.5).to(dtype)
+    want_x, want_h = TorchOps().add_rms_norm(x, delta, weight, 1e-6)
+    got_x, got_h = KernelOps(kernels).add_rms_norm(x.clone(), delta, weight, 1e-6)
+    assert torch.equal(got_x, want_x)
+    assert_close(got_h, want_h, dtype)
 
 
 def test_load_is_off_when_asked(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from shard.distributed import Distributed, split_range
 from shard.kv_cache import KVCache
@@ -157,15 +156,12 @@ class DecoderLayer:
         for span in attn.prefill_spans:
             rows = slice(span.start_row, span.start_row + span.length)
             if span.context_slots is None:
-                o = F.scaled_dot_product_attention(
-                    q[rows].transpose(0, 1), k[rows].transpose(0, 1), v[rows].transpose(0, 1),
-                    is_causal=True, enable_gqa=True,
-                )
+                o = self.ops.prefill_attention(q[rows].transpose(0, 1), k[rows].transpose(0, 1),
+                                               v[rows].transpose(0, 1), None)
             else:
                 keys = k_cache.index_select(0, span.context_slots).transpose(0, 1)
                 values = v_cache.index_select(0, span.context_slots).transpose(0, 1)
-                o = F.scaled_dot_product_attention(q[rows].transpose(0, 1), keys, values, attn_mask=span.mask,
-                                                   enable_gqa=True)
+                o = self.ops.prefill_attention(q[rows].transpose(0, 1), keys, values, span.mask)
             outs.append(o.transpose(0, 1).flatten(1))
         return outs[0] if len(outs) == 1 else torch.cat(outs)
 

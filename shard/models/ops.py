@@ -29,6 +29,8 @@ class LayerOps(Protocol):
                      v_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]: ...
     def decode_attention(self, q: torch.Tensor, attn: Any, k_cache: torch.Tensor,
                          v_cache: torch.Tensor) -> torch.Tensor: ...
+    def prefill_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                          mask: torch.Tensor | None) -> torch.Tensor: ...
     def silu_mul(self, gate_up: torch.Tensor) -> torch.Tensor: ...
 
 
@@ -79,9 +81,17 @@ class TorchOps:
         probs = torch.softmax(scores, dim=-1).to(q.dtype)
         return torch.matmul(probs, values).reshape(batch, -1)
 
+    def prefill_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                          mask: torch.Tensor | None) -> torch.Tensor:
+        """q [heads, Lq, hd] against k, v [kv_heads, Lk, hd]: causal, or by `mask` [Lq, Lk] when given."""
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, enable_gqa=True)
+
     def silu_mul(self, gate_up: torch.Tensor) -> torch.Tensor:
         gate, up = gate_up.chunk(2, dim=-1)
         return F.silu(gate) * up
+
+
+TORCH_OPS = TorchOps()
 
 
 class KernelOps:
@@ -115,6 +125,14 @@ class KernelOps:
                          v_cache: torch.Tensor) -> torch.Tensor:
         return self.kernels.paged_attention(q, q.shape[1], k_cache, v_cache, attn.block_tables,
                                             attn.context_lengths, attn.block_size)
+
+    def prefill_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                          mask: torch.Tensor | None) -> torch.Tensor:
+        # torch's CPU SDPA is ~1.6x faster on float32 than on bf16 inputs (measured 1.3 vs 2.1 ms per
+        # layer for a 170-token prompt); it accumulates in float32 either way.
+        if q.dtype == torch.bfloat16:
+            return TORCH_OPS.prefill_attention(q.float(), k.float(), v.float(), mask).to(q.dtype)
+        return TORCH_OPS.prefill_attention(q, k, v, mask)
 
     def silu_mul(self, gate_up: torch.Tensor) -> torch.Tensor:
         return self.kernels.silu_mul(gate_up)

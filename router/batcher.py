@@ -27,6 +27,10 @@ class SchedulerConfig:
     waiting_served_ratio: float = 0.3
     max_waiting_tokens: int = 20
     max_batch_size: int | None = None
+    # The shard can run a prefill and the running batch's next token in one step (Info.support_chunking:
+    # prompts are fed in chunks next to the decoding rows). Then admitting requests pauses nobody, so
+    # they join at the next step instead of waiting for waiting_served_ratio or max_waiting_tokens.
+    prefill_joins_decode: bool = False
 
 
 def to_proto(entry: Entry) -> pb.Request:
@@ -100,13 +104,21 @@ class Batcher:
                     self._wake.clear()
                     await self._wake.wait()
                     continue
-                self.batch = await self._prefill(entries)
+                _, self.batch = await self._prefill(entries)
                 waiting_steps = 0
                 continue
             new_batch = None
             entries = self._admit(waiting_steps)
+            if entries and self.config.prefill_joins_decode:
+                # One step for everyone: the running requests' tokens and the newcomers' prompts.
+                ok, merged = await self._prefill(entries, cached=self.batch)
+                if ok:
+                    self.batch = merged
+                waiting_steps = 0
+                await self._filter_cancelled()
+                continue
             if entries:
-                new_batch = await self._prefill(entries)
+                _, new_batch = await self._prefill(entries)
                 waiting_steps = 0
                 if self.batch is None:  # the running batch was lost with a failed prefill
                     self.batch = new_batch
@@ -133,7 +145,7 @@ class Batcher:
         if not len(self.queue):
             return []
         size = len(self.running)
-        min_size = 1 if waiting_steps >= self.config.max_waiting_tokens else max(
+        min_size = 1 if self.config.prefill_joins_decode or waiting_steps >= self.config.max_waiting_tokens else max(
             1, math.ceil(self.config.waiting_served_ratio * size))
         used = sum(e.cache_tokens(self.config.block_size) for e in self.running.values())
         max_size = None if self.config.max_batch_size is None else self.config.max_batch_size - size
@@ -141,7 +153,10 @@ class Batcher:
             return []
         return self._cut(min_size, self.config.max_batch_total_tokens - used, max_size)
 
-    async def _prefill(self, entries: list[Entry]) -> pb.CachedBatch | None:
+    async def _prefill(self, entries: list[Entry],
+                       cached: pb.CachedBatch | None = None) -> tuple[bool, pb.CachedBatch | None]:
+        """(whether the call succeeded, the resulting batch). With `cached`, its requests step too and
+        the result is the merged batch; a failure that only concerns the new requests leaves it as is."""
         batch_id = self._next_batch_id
         self._next_batch_id += 1
         now = time.monotonic()
@@ -150,12 +165,12 @@ class Batcher:
             self.running[entry.id] = entry
         batch = pb.Batch(id=batch_id, requests=[to_proto(e) for e in entries], size=len(entries),
                          max_tokens=sum(e.max_tokens for e in entries))
-        return await self._step("prefill", self.client.prefill(batch), entries)
+        return await self._step("prefill", self.client.prefill(batch, cached), entries)
 
     async def _decode(self, batches: list[pb.CachedBatch]) -> pb.CachedBatch | None:
-        return await self._step("decode", self.client.decode(batches), None)
+        return (await self._step("decode", self.client.decode(batches), None))[1]
 
-    async def _step(self, method: str, call, entries: list[Entry] | None) -> pb.CachedBatch | None:
+    async def _step(self, method: str, call, entries: list[Entry] | None) -> tuple[bool, pb.CachedBatch | None]:
         m = self.metrics
         m.batch_inference_count.labels(method).inc()
         start = self.call_started = time.monotonic()
@@ -164,7 +179,7 @@ class Batcher:
         except ShardError as exc:
             self._fail(exc, entries if entries is not None else list(self.running.values()))
             self._observe_batch()
-            return None
+            return False, None
         finally:
             self.call_started = None
         m.batch_inference_success.labels(method).inc()
@@ -178,7 +193,7 @@ class Batcher:
         # that made the router's share of a token 2-3 ms at 32 streams). Costs the shard an idle gap
         # of one pass over the handlers (~30 us per stream).
         await asyncio.sleep(0)
-        return response.batch if response.HasField("batch") else None
+        return True, response.batch if response.HasField("batch") else None
 
     def _observe_batch(self) -> None:
         self.metrics.batch_current_size.set(len(self.running))

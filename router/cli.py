@@ -47,6 +47,7 @@ async def start(config: RouterConfig) -> None:
         max_batch_prefill_tokens=config.max_batch_prefill_tokens, max_batch_total_tokens=max_batch_total,
         block_size=info.block_size, waiting_served_ratio=config.waiting_served_ratio,
         max_waiting_tokens=config.max_waiting_tokens, max_batch_size=config.max_batch_size,
+        prefill_joins_decode=info.support_chunking,
     ))
     validator = Validator(tokenizer, ValidationLimits(
         max_input_tokens=config.max_input_tokens, max_total_tokens=config.max_total_tokens,

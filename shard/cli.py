@@ -108,7 +108,7 @@ async def serve(args: argparse.Namespace) -> None:
     urls = dist.all_gather_strings(own_url)
     info = pb.InfoResponse(
         requires_padding=False, dtype=args.dtype, device_type=dist.device.type, speculate=0,
-        support_chunking=False, use_prefix_caching=False, attention_impl="paged-sdpa",
+        support_chunking=engine.runner.supports_chunking, use_prefix_caching=False, attention_impl="paged-sdpa",
         block_size=engine.runner.block_size, model_id=args.model_id or str(args.model_dir),
         world_size=dist.world_size, max_position_embeddings=engine.runner.max_position_embeddings,
     )

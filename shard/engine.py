@@ -93,7 +93,9 @@ class Engine:
         )
 
     def prefill(self, batch: pb.Batch, cached: pb.CachedBatch | None) -> StepResult:
-        """Start new requests; those of `cached` are carried into the result without stepping."""
+        """Start new requests. Those of `cached` join them: with a runner that feeds prompts in chunks
+        they take their next step in the same forward (nobody waits for the newcomers' prefill);
+        otherwise they are carried into the result without stepping."""
         states = [self._state(request) for request in batch.requests]
         try:
             for state in states:
@@ -103,6 +105,8 @@ class Engine:
             raise
         carried = self.batches.pop(cached.id, []) if cached is not None else []
         try:
+            if self.runner.supports_chunking:
+                return self._advance(batch.id, carried + states, [])
             return self._advance(batch.id, states, carried)
         except Exception:
             self._free(states)

@@ -14,7 +14,9 @@ from tgi_proto import generate_pb2 as pb
 
 
 class FakeShard:
-    def __init__(self) -> None:
+    def __init__(self, support_chunking: bool = False) -> None:
+        # like the real shard's Info.support_chunking: Prefill then steps the cached batch it is given
+        self.support_chunking = support_chunking
         self.batches: dict[int, list[pb.Request]] = {}
         self.generated: dict[int, int] = {}
         self.calls: list[tuple[str, list[int]]] = []
@@ -51,7 +53,10 @@ class FakeShard:
     async def prefill(self, batch: pb.Batch, cached: pb.CachedBatch | None = None) -> pb.PrefillResponse:
         self.calls.append(("prefill", [r.id for r in batch.requests]))
         await self._call("prefill")
-        requests = list(batch.requests)
+        carried = self.batches.pop(cached.id, []) if cached is not None and self.support_chunking else []
+        if carried:
+            self.calls.append(("prefill-carried", [r.id for r in carried]))
+        requests = carried + list(batch.requests)
         response = pb.PrefillResponse(generations=self._step(requests))
         stored = self._store(batch.id, requests)
         if stored is not None:

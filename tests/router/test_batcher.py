@@ -92,6 +92,30 @@ async def test_waiting_served_ratio_holds_a_lone_newcomer_until_max_waiting_toke
     assert running
 
 
+async def test_with_chunking_shards_a_newcomer_joins_at_once_and_nobody_pauses() -> None:
+    shard = FakeShard(support_chunking=True)
+    # the ratio would hold a lone newcomer for max_waiting_tokens steps with a TGI-style shard
+    batcher = make_batcher(shard, waiting_served_ratio=10.0, max_waiting_tokens=50, prefill_joins_decode=True)
+    running = [batcher.submit(request(40)) for _ in range(3)]
+
+    async def scenario():
+        while len(shard.calls) < 3:
+            await asyncio.sleep(0)
+        newcomer = batcher.submit(request(2))
+        events = await collect(newcomer)
+        return newcomer, events
+
+    newcomer, events = await run_with(batcher, scenario())
+    index = shard.calls.index(("prefill", [newcomer.id]))
+    assert index <= 4, shard.calls[: index + 1]  # admitted at the next step, not after 50
+    # the running requests took their step inside that prefill call, then continue with the newcomer
+    assert shard.calls[index + 1] == ("prefill-carried", [e.id for e in running])
+    assert [e.index for e in events] == [1, 2]
+    assert shard.calls[index + 2] == ("decode", [e.id for e in running] + [newcomer.id])
+    tokens = [shard.generated[e.id] for e in running]
+    assert len(set(tokens)) == 1  # nobody fell behind
+
+
 async def test_total_token_budget_keeps_requests_waiting_until_room_frees() -> None:
     shard = FakeShard()
     # Each request reserves 2 blocks (4 + 20 tokens -> 32 slots); the budget holds one at a time.

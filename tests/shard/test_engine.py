@@ -64,11 +64,15 @@ def test_requests_joining_mid_flight_get_the_same_tokens_as_alone(model_dir: Pat
     new = take(engine.prefill(pb.Batch(id=2, requests=[req(2, B, 12)]), None))
     running = take(engine.decode([running, new]))
     assert sorted(running.request_ids) == [1, 2]
-    # C joins through Prefill's cached_batch: the running requests are carried over, not recomputed.
+    # C joins through Prefill's cached_batch: the running requests take their next step in the same
+    # forward as C's prompt (one token each in the prefill's response), nothing is recomputed.
     before = {s.id: s.cached_length for s in engine.batches[running.id]}
+    counts = {rid: len(ids) for rid, ids in got.items()}
     running = take(engine.prefill(pb.Batch(id=3, requests=[req(3, C, 12)]), running))
     assert sorted(running.request_ids) == [1, 2, 3]
-    assert {s.id: s.cached_length for s in engine.batches[running.id] if s.id != 3} == before
+    assert {s.id: s.cached_length for s in engine.batches[running.id] if s.id != 3} == {
+        rid: n + 1 for rid, n in before.items()}
+    assert {rid: len(ids) - counts[rid] for rid, ids in got.items()} == {1: 1, 2: 1, 3: 1}
     while running is not None:
         running = take(engine.decode([running]))
     assert got == expected
@@ -129,9 +133,11 @@ def test_long_prompt_is_prefilled_in_chunks_while_others_keep_decoding(model_dir
     got[2] += [g.tokens.ids[0] for g in joining.generations]
     chunked = pb.Request(id=3, input_ids=long_prompt, prefill_logprobs=True,
                          stopping_parameters=pb.StoppingCriteriaParameters(max_new_tokens=6))
-    # Joining a running batch: the new prompt is fed 64 tokens per step, the others decode meanwhile.
+    # Joining a running batch: the new prompt is fed 64 tokens per step, the others decode meanwhile
+    # (already in the prefill call, which steps the cached batch it is given).
     result = engine.prefill(pb.Batch(id=3, requests=[chunked]), running.batch)
-    assert result.generations == [] and 3 in result.batch.request_ids
+    assert [g.request_id for g in result.generations] == [1] and 3 in result.batch.request_ids
+    got[1] += [g.tokens.ids[0] for g in result.generations]
     steps, prefill_tokens = 1, None
     batch = result.batch
     batches = [batch, joining.batch]

@@ -85,22 +85,27 @@ INLINE void f32_block(const float *x, const float *w, const float *bias, float *
     }
 }
 
-void gemv_f32(const float *x, const float *w, const float *bias, float *y, int B, int N, int K) {
-#pragma omp parallel for schedule(static)
-  for (int n0 = 0; n0 < N; n0 += ROWS) {
-    int rows = N - n0 < ROWS ? N - n0 : ROWS;
-    const float *wr = w + (int64_t)n0 * K;
-    for (int b = 0; b < B; b += XB) {
-      int nb = B - b < XB ? B - b : XB;
-      const float *xb = x + (int64_t)b * K;
-      float *yb = y + (int64_t)b * N;
-      /* constant block sizes let the compiler keep every accumulator in a register */
-      if (rows == ROWS && nb == XB) f32_block(xb, wr, bias, yb, XB, ROWS, n0, N, K);
-      else if (rows == ROWS && nb == 1) f32_block(xb, wr, bias, yb, 1, ROWS, n0, N, K);
-      else if (rows == ROWS && nb == 2) f32_block(xb, wr, bias, yb, 2, ROWS, n0, N, K);
-      else f32_block(xb, wr, bias, yb, nb, rows, n0, N, K);
-    }
+/* Each thread takes whole blocks of ROWS weight rows (static schedule: contiguous ones, so prefetching
+ * the next block helps) and multiplies them into the input rows XB at a time. Constant block sizes let
+ * the compiler keep every accumulator in a register. */
+#define GEMV_BLOCKS(T, BLOCK)                                                    \
+  _Pragma("omp parallel for schedule(static)")                                   \
+  for (int n0 = 0; n0 < N; n0 += ROWS) {                                         \
+    int rows = N - n0 < ROWS ? N - n0 : ROWS;                                    \
+    const T *wr = w + (int64_t)n0 * K;                                           \
+    for (int b = 0; b < B; b += XB) {                                            \
+      int nb = B - b < XB ? B - b : XB;                                          \
+      const T *xb = x + (int64_t)b * K;                                          \
+      T *yb = y + (int64_t)b * N;                                                \
+      if (rows == ROWS && nb == XB) BLOCK(xb, wr, bias, yb, XB, ROWS, n0, N, K); \
+      else if (rows == ROWS && nb == 1) BLOCK(xb, wr, bias, yb, 1, ROWS, n0, N, K); \
+      else if (rows == ROWS && nb == 2) BLOCK(xb, wr, bias, yb, 2, ROWS, n0, N, K); \
+      else BLOCK(xb, wr, bias, yb, nb, rows, n0, N, K);                          \
+    }                                                                            \
   }
+
+void gemv_f32(const float *x, const float *w, const float *bias, float *y, int B, int N, int K) {
+  GEMV_BLOCKS(float, f32_block)
 }
 
 #ifdef __AVX512BF16__
@@ -148,20 +153,7 @@ INLINE void bf16_block(const uint16_t *x, const uint16_t *w, const uint16_t *bia
 }
 
 void gemv_bf16(const uint16_t *x, const uint16_t *w, const uint16_t *bias, uint16_t *y, int B, int N, int K) {
-#pragma omp parallel for schedule(static)
-  for (int n0 = 0; n0 < N; n0 += ROWS) {
-    int rows = N - n0 < ROWS ? N - n0 : ROWS;
-    const uint16_t *wr = w + (int64_t)n0 * K;
-    for (int b = 0; b < B; b += XB) {
-      int nb = B - b < XB ? B - b : XB;
-      const uint16_t *xb = x + (int64_t)b * K;
-      uint16_t *yb = y + (int64_t)b * N;
-      if (rows == ROWS && nb == XB) bf16_block(xb, wr, bias, yb, XB, ROWS, n0, N, K);
-      else if (rows == ROWS && nb == 1) bf16_block(xb, wr, bias, yb, 1, ROWS, n0, N, K);
-      else if (rows == ROWS && nb == 2) bf16_block(xb, wr, bias, yb, 2, ROWS, n0, N, K);
-      else bf16_block(xb, wr, bias, yb, nb, rows, n0, N, K);
-    }
-  }
+  GEMV_BLOCKS(uint16_t, bf16_block)
 }
 
 /* Which paths this build has, for logs and tests: bit 0 AVX-512F, bit 1 AVX512-BF16, bit 2 AVX2. */

@@ -153,12 +153,6 @@ class CpuKernels:
         self.library.rotary(x.data_ptr(), x.shape[0], x.stride(0), column, heads, head_dim, cos.data_ptr(),
                             sin.data_ptr(), _is_bf16(x))
 
-    def store_rows(self, x: torch.Tensor, column: int, width: int, slots: torch.Tensor, cache: torch.Tensor) -> None:
-        """cache.view(-1, width)[slots[r]] = x[r, column: column + width] for every row r."""
-        assert x.stride(-1) == 1 and slots.dtype == torch.int64 and cache.is_contiguous() and cache.dtype == x.dtype
-        self.library.store_rows(x.data_ptr(), x.shape[0], x.stride(0), column, width, slots.data_ptr(),
-                                cache.data_ptr(), _is_bf16(x))
-
     def paged_attention(self, q: torch.Tensor, num_q: int, k_cache: torch.Tensor, v_cache: torch.Tensor,
                         block_tables: torch.Tensor, lengths: torch.Tensor, block_size: int) -> torch.Tensor:
         """Decode attention: row b of q (heads from column 0) against its `lengths[b]` cached positions.
@@ -209,7 +203,6 @@ def _open(path: Path) -> CpuKernels:
     _declare(library, "add_rms_norm", ptr, ptr, ptr, ptr, i32, i32, f32, i32)
     _declare(library, "rotate_and_store", ptr, i32, i32, i32, i32, ptr, ptr, ptr, ptr, ptr, i32)
     _declare(library, "rotary", ptr, i32, i64, i32, i32, i32, ptr, ptr, i32)
-    _declare(library, "store_rows", ptr, i32, i64, i32, i32, ptr, ptr, i32)
     _declare(library, "paged_attention", ptr, i64, ptr, ptr, ptr, i32, ptr, i32, i32, i32, i32, i32, f32, ptr, i32)
     _declare(library, "silu_mul", ptr, ptr, i32, i32, i32)
     library.kernel_features.restype = ctypes.c_int

@@ -168,8 +168,13 @@ void rotary(void *x, int rows, int64_t row_stride, int col, int heads, int head_
 }
 
 /* Copies `width` values at column `col` of each row into cache[slots[r]] (rows of `width`). */
-void store_rows(const void *x, int rows, int64_t row_stride, int col, int width, const int64_t *slots, void *cache,
-                int bf16);
+static void store_rows(const void *x, int rows, int64_t row_stride, int col, int width, const int64_t *slots,
+                       void *cache, int bf16) {
+  size_t size = bf16 ? 2 : 4;
+  for (int r = 0; r < rows; r++)
+    memcpy((char *)cache + (size_t)slots[r] * width * size, (const char *)x + ((size_t)r * row_stride + col) * size,
+           (size_t)width * size);
+}
 
 /* The attention input of a layer in one call: rotate the q and k heads of each qkv row in place, then
  * store its k and v heads in the caches at the row's slot. */
@@ -179,13 +184,6 @@ void rotate_and_store(void *qkv, int rows, int num_q, int num_kv, int head_dim, 
   rotary(qkv, rows, width, 0, num_q + num_kv, head_dim, cos_table, sin_table, bf16);
   store_rows(qkv, rows, width, num_q * head_dim, num_kv * head_dim, slots, k_cache, bf16);
   store_rows(qkv, rows, width, (num_q + num_kv) * head_dim, num_kv * head_dim, slots, v_cache, bf16);
-}
-void store_rows(const void *x, int rows, int64_t row_stride, int col, int width, const int64_t *slots, void *cache,
-                int bf16) {
-  size_t size = bf16 ? 2 : 4;
-  for (int r = 0; r < rows; r++)
-    memcpy((char *)cache + (size_t)slots[r] * width * size, (const char *)x + ((size_t)r * row_stride + col) * size,
-           (size_t)width * size);
 }
 
 /* Attention of one sequence's query group (the queries sharing KV head g) over its cached context:

@@ -28,6 +28,7 @@ import torch
 
 log = logging.getLogger("shard.kernels")
 SOURCES = (Path(__file__).with_name("cpu_gemv.c"), Path(__file__).with_name("cpu_ops.c"))
+HEADER = Path(__file__).with_name("bf16.h")  # included by both: part of the build's cache key
 DISABLE_ENV = "TGI_PY_CPU_KERNELS"
 FEATURE_AVX512 = 1
 FEATURE_AVX512_BF16 = 2
@@ -52,7 +53,7 @@ def _cpu_flags() -> str:
 def build(compiler: str, target: Path | None = None, march: str = "native", directory: Path | None = None) -> Path:
     """Compile the library (or reuse the cached build) and return its path."""
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, check=True).stdout
-    parts = [source.read_text() for source in SOURCES] + [version, march, _cpu_flags()]
+    parts = [source.read_text() for source in (*SOURCES, HEADER)] + [version, march, _cpu_flags()]
     key = hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
     target = target or (directory or cache_dir()) / f"tgi_cpu-{key}.so"
     if target.exists():

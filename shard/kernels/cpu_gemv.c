@@ -9,17 +9,15 @@
  * -march=native picks AVX-512, AVX2 or SSE; bf16 uses the AVX512-BF16 dot product where the CPU has it.
  * Built and loaded at run time by shard/kernels/cpu.py (OpenMP: torch's runtime, already loaded).
  */
-#include <stdint.h>
-#include <string.h>
 
 #ifndef ROWS
 #define ROWS 8 /* weight rows per block: 8 x XB accumulators fill the 32 AVX-512 registers */
 #endif
 #define XB 4   /* input rows per block */
-#define INLINE static inline __attribute__((always_inline))
+
+#include "bf16.h"
 
 #ifdef __AVX512F__
-#include <immintrin.h>
 typedef __m512 f32x16;
 #define LOAD_F32(p) _mm512_loadu_ps(p)
 #define ZERO_F32() _mm512_setzero_ps()
@@ -41,12 +39,6 @@ INLINE float sum16(g32x16 v) {
   float s = 0.f;
   for (int i = 0; i < 16; i++) s += v[i];
   return s;
-}
-INLINE float bf16_to_f32(uint16_t v) { uint32_t u = (uint32_t)v << 16; float f; memcpy(&f, &u, 4); return f; }
-INLINE uint16_t f32_to_bf16(float f) {  /* round to nearest even, as torch does */
-  uint32_t u; memcpy(&u, &f, 4);
-  if ((u & 0x7fffffff) > 0x7f800000) return (uint16_t)((u >> 16) | 0x40); /* NaN stays NaN */
-  return (uint16_t)((u + 0x7fff + ((u >> 16) & 1)) >> 16);
 }
 INLINE g32x16 load_bf16(const uint16_t *p) {
   u16x16 h; memcpy(&h, p, sizeof h);

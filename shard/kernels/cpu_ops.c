@@ -13,26 +13,15 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define INLINE static inline __attribute__((always_inline))
+#include "bf16.h"
 
-INLINE float bf16_load(const uint16_t *p) { uint32_t u = (uint32_t)*p << 16; float f; memcpy(&f, &u, 4); return f; }
-INLINE float round_bf16(float f) {  /* to nearest even, NaN kept; branch-free so loops vectorize */
-  uint32_t u; memcpy(&u, &f, 4);
-  uint32_t rounded = (u + 0x7fff + ((u >> 16) & 1)) & 0xffff0000u;
-  u = (u & 0x7fffffff) > 0x7f800000 ? u : rounded;
-  memcpy(&f, &u, 4);
-  return f;
-}
 INLINE float load(const void *base, int64_t i, int bf16) {
-  return bf16 ? bf16_load((const uint16_t *)base + i) : ((const float *)base)[i];
+  return bf16 ? bf16_to_f32(((const uint16_t *)base)[i]) : ((const float *)base)[i];
 }
 INLINE void store(void *base, int64_t i, float v, int bf16) {
-  if (bf16) { float r = round_bf16(v); uint32_t u; memcpy(&u, &r, 4); ((uint16_t *)base)[i] = (uint16_t)(u >> 16); }
+  if (bf16) ((uint16_t *)base)[i] = f32_to_bf16(v);
   else ((float *)base)[i] = v;
 }
-#ifdef __AVX512F__
-#include <immintrin.h>
-#endif
 
 /* q . k over head_dim values (q float32, k float32 or bf16 from the cache). */
 INLINE float dot(const float *q, const void *k, int64_t offset, int head_dim, int bf16) {
@@ -40,9 +29,7 @@ INLINE float dot(const float *q, const void *k, int64_t offset, int head_dim, in
   if (head_dim % 16 == 0) {
     __m512 acc = _mm512_setzero_ps();
     for (int d = 0; d < head_dim; d += 16) {
-      __m512 kv = bf16 ? _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(
-                             _mm256_loadu_si256((const __m256i *)((const uint16_t *)k + offset + d))), 16))
-                       : _mm512_loadu_ps((const float *)k + offset + d);
+      __m512 kv = bf16 ? load16_bf16((const uint16_t *)k + offset + d) : _mm512_loadu_ps((const float *)k + offset + d);
       acc = _mm512_fmadd_ps(_mm512_loadu_ps(q + d), kv, acc);
     }
     return _mm512_reduce_add_ps(acc);
@@ -65,8 +52,7 @@ INLINE void weighted_sum(float *out, const float *weights, const void *v_cache, 
       int64_t base = (((int64_t)table[p / block_size] * block_size + p % block_size) * num_kv + g) * head_dim;
       __m512 w = _mm512_set1_ps(weights[p]);
       for (int c = 0; c < HD16; c++) {
-        __m512 vv = bf16 ? _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(
-                               _mm256_loadu_si256((const __m256i *)((const uint16_t *)v_cache + base + 16 * c))), 16))
+        __m512 vv = bf16 ? load16_bf16((const uint16_t *)v_cache + base + 16 * c)
                          : _mm512_loadu_ps((const float *)v_cache + base + 16 * c);
         acc[c] = _mm512_fmadd_ps(w, vv, acc[c]);
       }

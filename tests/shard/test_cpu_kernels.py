@@ -7,6 +7,9 @@ checked on every machine, whichever one the model picks here.
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -142,3 +145,17 @@ def test_load_is_off_when_asked(monkeypatch: pytest.MonkeyPatch) -> None:
         assert cpu.load() is None
     finally:
         cpu.load.cache_clear()
+
+
+def test_the_installed_package_ships_the_kernel_sources(tmp_path: Path) -> None:
+    # a non-editable install (the Docker image's) compiles from these files at start-up
+    # from a copy without earlier build output: a stale build/ or egg-info can add files the package
+    # configuration itself would leave out
+    source = tmp_path / "src"
+    shutil.copytree(Path(cpu.__file__).parents[2], source, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "build", "*.egg-info", "node_modules", "__pycache__", ".*_cache", ".hypothesis"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                    str(tmp_path), str(source)], check=True, capture_output=True)
+    (wheel,) = tmp_path.glob("tgi_py-*.whl")
+    shipped = set(zipfile.ZipFile(wheel).namelist())
+    assert {f"shard/kernels/{path.name}" for path in (*cpu.SOURCES, cpu.HEADER)} <= shipped

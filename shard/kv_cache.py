@@ -73,20 +73,14 @@ def context_slots(
     block_tables: list[list[int]], lengths: list[int], block_size: int, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Slots [B, L] of each sequence's cached positions (padded) and the mask [B, 1, 1, L] of real ones."""
-    max_len = max(lengths)
-    max_blocks = blocks_needed(max_len, block_size)
-    table = torch.tensor(
-        [bt[:max_blocks] + [0] * (max_blocks - len(bt[:max_blocks])) for bt in block_tables],
-        dtype=torch.long,
-        device=device,
-    )
-    positions = torch.arange(max_len, device=device)
-    slots = table[:, positions // block_size] * block_size + positions % block_size
-    mask = positions[None, :] < torch.tensor(lengths, device=device)[:, None]
+    table, lengths_tensor = padded_block_tables(block_tables, lengths, block_size, device)
+    positions = torch.arange(max(lengths), device=device)
+    slots = table.long()[:, positions // block_size] * block_size + positions % block_size
+    mask = positions[None, :] < lengths_tensor[:, None]
     return slots, mask[:, None, None, :]
 
 
-def block_tables(
+def padded_block_tables(
     tables: list[list[int]], lengths: list[int], block_size: int, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Each sequence's blocks covering its `lengths` cached positions, padded: int32 [B, max_blocks], and

@@ -11,7 +11,7 @@ from typing import Protocol
 import torch
 
 from shard.distributed import Distributed
-from shard.kv_cache import BlockAllocator, KVCache, block_tables, blocks_needed, context_slots, slots_of
+from shard.kv_cache import BlockAllocator, KVCache, blocks_needed, context_slots, padded_block_tables, slots_of
 from shard.models.llama import AttentionInputs, LlamaModel, PrefillSpan
 from shard.request_state import RequestState
 
@@ -117,11 +117,11 @@ class PagedRunner:
             s.cached_length += n
         attn = AttentionInputs(torch.tensor(slots, device=dev), prefill_spans=spans, decode_count=len(decoding),
                                block_size=bs)
-        if decoding and self.model.ops.reads_paged_cache:
-            attn.block_tables, attn.context_lengths = block_tables(
-                [s.block_table for s in decoding], [s.cached_length for s in decoding], bs, dev)
-        elif decoding:
-            attn.context_slots, attn.context_mask = context_slots(
-                [s.block_table for s in decoding], [s.cached_length for s in decoding], bs, dev)
+        if decoding:
+            tables, lengths = [s.block_table for s in decoding], [s.cached_length for s in decoding]
+            if self.model.ops.reads_paged_cache:
+                attn.block_tables, attn.context_lengths = padded_block_tables(tables, lengths, bs, dev)
+            else:
+                attn.context_slots, attn.context_mask = context_slots(tables, lengths, bs, dev)
         return self.model.forward(torch.tensor(ids, device=dev), torch.tensor(positions, device=dev), attn,
                                   self.cache, torch.tensor(logits_rows, dtype=torch.long, device=dev))

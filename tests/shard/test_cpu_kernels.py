@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from shard.kernels import cpu
-from shard.kv_cache import block_tables, context_slots
+from shard.kv_cache import context_slots, padded_block_tables
 from shard.models.layers import Rotary, apply_rotary, rms_norm
 from shard.models.llama import AttentionInputs
 from shard.models.ops import KernelOps, TorchOps
@@ -106,7 +106,7 @@ def test_paged_attention_matches_gathered_attention(kernels: cpu.CpuKernels, dty
     q = torch.randn(len(lengths), num_q, head_dim).to(dtype)
     attn = AttentionInputs(torch.zeros(0, dtype=torch.long), decode_count=len(lengths), block_size=block_size)
     attn.context_slots, attn.context_mask = context_slots(tables, lengths, block_size, torch.device("cpu"))
-    attn.block_tables, attn.context_lengths = block_tables(tables, lengths, block_size, torch.device("cpu"))
+    attn.block_tables, attn.context_lengths = padded_block_tables(tables, lengths, block_size, torch.device("cpu"))
     want = TorchOps().decode_attention(q, attn, k_cache, v_cache)
     got = kernels.paged_attention(q, num_q, k_cache, v_cache, attn.block_tables, attn.context_lengths, block_size)
     # bf16: torch rounds the probabilities to bf16 before weighting the values, the kernel does not

@@ -20,7 +20,7 @@ wait_up() { for _ in $(seq 600); do curl -sf "$1" >/dev/null && return 0; sleep 
 
 .venv/bin/python bench/membw.py | tee "$OUT/membw.txt"
 # The engine alone, in-process: ms per decode step, tokens/s and weight bandwidth, CPU kernels on and off
-.venv/bin/python -m bench.engine_step --batch 1,4,16,32 --compare-torch 2>/dev/null | tee "$OUT/engine-step.txt"
+.venv/bin/python -m bench.engine_step --batch 1,4,16,32 --paths fused,layers,torch 2>/dev/null | tee "$OUT/engine-step.txt"
 run() {  # name url api
   .venv/bin/tgi-bench --target "$1=$2,api=$3" --concurrency "$LEVELS" --output-tokens "$TOKENS" \
       --prompt-tokens "$PROMPT" --prompt-template chatml --no-progress --output "$OUT/$1.json" | tee "$OUT/$1.txt"

@@ -4,9 +4,11 @@
 
 Each configuration prefills `batch` prompts of `--prompt-tokens` tokens, then times `--steps` decode
 steps of the whole batch through Engine.decode (forward, sampling, detokenization: everything the
-shard does per step but gRPC). `--compare-torch` also runs each configuration with the CPU kernels
-off (TGI_PY_CPU_KERNELS=0), side by side. Prints one line per configuration, and the memory read
-bandwidth measured in the same run, so that batch-1 results read as a fraction of it.
+shard does per step but gRPC). `--paths` picks the code paths to run side by side: `fused` (the
+default: the CPU kernels, a one-rank decode step's layers in one C call), `layers` (the same kernels
+called layer by layer from Python) and `torch` (kernels off, TGI_PY_CPU_KERNELS=0). Prints one line
+per configuration, and the memory read bandwidth measured in the same run, so that batch-1 results
+read as a fraction of it.
 """
 
 from __future__ import annotations
@@ -21,17 +23,24 @@ import torch
 
 from bench.membw import read_bandwidth_gbs
 
+PATHS = ("fused", "layers", "torch")
 
-def build(model_dir: Path, dtype: str, kernels: bool):
+
+def build(model_dir: Path, dtype: str, path: str):
     from shard import cli
     from shard.distributed import Distributed
     from shard.kernels import cpu
 
-    os.environ[cpu.DISABLE_ENV] = "1" if kernels else "0"
+    os.environ[cpu.DISABLE_ENV] = "0" if path == "torch" else "1"
     cpu.load.cache_clear()
     args = argparse.Namespace(model_dir=model_dir, dtype=dtype, kv_cache_bytes=1 << 30, block_size=16,
                               trust_remote_code=False, prefill_chunk_tokens=256)
-    return cli.build_engine(args, Distributed(rank=0, world_size=1, device=torch.device("cpu")))
+    engine = cli.build_engine(args, Distributed(rank=0, world_size=1, device=torch.device("cpu")))
+    if path == "layers":
+        engine.runner.model.fused_decode = None
+    elif path == "fused" and engine.runner.model.fused_decode is None:
+        raise SystemExit(f"no fused decode path for {dtype} on this machine")
+    return engine
 
 
 def measure(engine, batch: int, prompt_tokens: int, steps: int) -> list[float]:
@@ -62,7 +71,7 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32,bfloat16")
     parser.add_argument("--prompt-tokens", type=int, default=128)
     parser.add_argument("--steps", type=int, default=32)
-    parser.add_argument("--compare-torch", action="store_true")
+    parser.add_argument("--paths", default="fused", help=f"comma-separated, of {', '.join(PATHS)}")
     args = parser.parse_args()
     if args.model_dir is None:
         from launcher.embedded import ensure_embedded_model
@@ -71,16 +80,16 @@ def main() -> None:
         args.model_dir = ensure_embedded_model(default_cache_dir()).path
     gbs = read_bandwidth_gbs()
     print(f"memory read bandwidth: {gbs:.1f} GB/s (torch.sum over 1 GiB, {torch.get_num_threads()} threads)")
-    print(f"{'dtype':9} {'kernels':8} {'batch':>5} {'ms/step p50':>11} {'tok/s':>7} {'weight GB/s':>11} "
+    print(f"{'dtype':9} {'path':8} {'batch':>5} {'ms/step p50':>11} {'tok/s':>7} {'weight GB/s':>11} "
           f"{'of membw':>8}")
     for dtype in args.dtype.split(","):
-        for kernels in ([True, False] if args.compare_torch else [True]):
-            engine = build(args.model_dir, dtype, kernels)
+        for path in args.paths.split(","):
+            engine = build(args.model_dir, dtype, path)
             for batch in (int(b) for b in args.batch.split(",")):
                 measure(engine, batch, args.prompt_tokens, 4)  # warm the allocator and the caches
                 p50 = statistics.median(measure(engine, batch, args.prompt_tokens, args.steps))
                 weight_gbs = engine.weight_bytes / p50 / 1e9
-                print(f"{dtype:9} {'on' if kernels else 'off':8} {batch:5d} {p50 * 1e3:11.1f} {batch / p50:7.1f} "
+                print(f"{dtype:9} {path:8} {batch:5d} {p50 * 1e3:11.1f} {batch / p50:7.1f} "
                       f"{weight_gbs:11.1f} {weight_gbs / gbs:8.0%}")
 
 

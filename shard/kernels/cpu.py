@@ -1,4 +1,4 @@
-"""Builds cpu_gemv.c and cpu_ops.c for this machine at first use and calls them through ctypes.
+"""Builds cpu_gemv.c, cpu_ops.c and cpu_decode.c for this machine at first use and calls them through ctypes.
 
 The library is compiled with the system C compiler (`-O3 -march=native -fopenmp`) into the tgi-py
 cache (TGI_PY_CACHE, default ~/.cache/tgi-py; the temporary directory where that is read-only) under
@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 log = logging.getLogger("shard.kernels")
-SOURCES = (Path(__file__).with_name("cpu_gemv.c"), Path(__file__).with_name("cpu_ops.c"))
+SOURCES = tuple(Path(__file__).with_name(name) for name in ("cpu_gemv.c", "cpu_ops.c", "cpu_decode.c"))
 HEADER = Path(__file__).with_name("bf16.h")  # included by both: part of the build's cache key
 DISABLE_ENV = "TGI_PY_CPU_KERNELS"
 FEATURE_AVX512 = 1
@@ -73,6 +73,23 @@ def build(compiler: str, target: Path | None = None, march: str = "native", dire
         if os.path.exists(tmp):
             os.unlink(tmp)
     return target
+
+
+class DecodeLayer(ctypes.Structure):
+    """One decoder layer's tensors for decode_layers (struct decode_layer in cpu_decode.c)."""
+
+    _fields_ = [(name, ctypes.c_void_p) for name in (
+        "input_norm", "qkv", "qkv_bias", "o_proj", "o_bias", "post_norm", "gate_up", "gate_up_bias", "down",
+        "down_bias", "k_cache", "v_cache")]
+
+
+class DecodeStep(ctypes.Structure):
+    """Dimensions, inputs and scratch of one decode step (struct decode_step in cpu_decode.c)."""
+
+    _fields_ = [(name, ctypes.c_int) for name in (
+        "batch", "hidden", "num_q", "num_kv", "head_dim", "intermediate", "block_size", "max_blocks", "bf16")] + [
+        ("eps", ctypes.c_float), ("scale", ctypes.c_float)] + [(name, ctypes.c_void_p) for name in (
+            "cos", "sin", "slots", "block_tables", "lengths", "h", "qkv", "attn", "gate_up", "act")]
 
 
 @dataclass(frozen=True)
@@ -182,6 +199,12 @@ class CpuKernels:
         self.library.silu_mul(gate_up.data_ptr(), out.data_ptr(), gate_up.shape[0], width, _is_bf16(gate_up))
         return out
 
+    def decode_layers(self, layers: ctypes.Array, step: DecodeStep, x: torch.Tensor, delta: torch.Tensor) -> None:
+        """Every decoder layer of a one-rank decode step in one call (cpu_decode.c): x (contiguous, the
+        embeddings) becomes the residual stream and delta the last layer's MLP output, both in place."""
+        assert x.is_contiguous() and delta.is_contiguous() and x.shape == delta.shape
+        self.library.decode_layers(layers, len(layers), ctypes.byref(step), x.data_ptr(), delta.data_ptr())
+
 
 def _is_bf16(tensor: torch.Tensor) -> int:
     if tensor.dtype not in (torch.float32, torch.bfloat16):
@@ -206,6 +229,7 @@ def _open(path: Path) -> CpuKernels:
     _declare(library, "rotary", ptr, i32, i64, i32, i32, i32, ptr, ptr, i32)
     _declare(library, "paged_attention", ptr, i64, ptr, ptr, ptr, i32, ptr, i32, i32, i32, i32, i32, f32, ptr, i32)
     _declare(library, "silu_mul", ptr, ptr, i32, i32, i32)
+    _declare(library, "decode_layers", ctypes.POINTER(DecodeLayer), i32, ctypes.POINTER(DecodeStep), ptr, ptr)
     library.kernel_features.restype = ctypes.c_int
     return CpuKernels(library, library.kernel_features())
 

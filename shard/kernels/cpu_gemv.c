@@ -77,11 +77,12 @@ INLINE void f32_block(const float *x, const float *w, const float *bias, float *
     }
 }
 
-/* Each thread takes whole blocks of ROWS weight rows (static schedule: contiguous ones, so prefetching
- * the next block helps) and multiplies them into the input rows XB at a time. Constant block sizes let
- * the compiler keep every accumulator in a register. */
+/* Each thread of the enclosing team takes whole blocks of ROWS weight rows (static schedule: contiguous
+ * ones, so prefetching the next block helps) and multiplies them into the input rows XB at a time.
+ * Constant block sizes let the compiler keep every accumulator in a register. A worksharing loop, not a
+ * parallel region: the *_team functions run inside one (the fused decode step's, or their wrapper's). */
 #define GEMV_BLOCKS(T, BLOCK)                                                    \
-  _Pragma("omp parallel for schedule(static)")                                   \
+  _Pragma("omp for schedule(static)")                                            \
   for (int n0 = 0; n0 < N; n0 += ROWS) {                                         \
     int rows = N - n0 < ROWS ? N - n0 : ROWS;                                    \
     const T *wr = w + (int64_t)n0 * K;                                           \
@@ -96,8 +97,12 @@ INLINE void f32_block(const float *x, const float *w, const float *bias, float *
     }                                                                            \
   }
 
-void gemv_f32(const float *x, const float *w, const float *bias, float *y, int B, int N, int K) {
+void gemv_f32_team(const float *x, const float *w, const float *bias, float *y, int B, int N, int K) {
   GEMV_BLOCKS(float, f32_block)
+}
+void gemv_f32(const float *x, const float *w, const float *bias, float *y, int B, int N, int K) {
+#pragma omp parallel
+  gemv_f32_team(x, w, bias, y, B, N, K);
 }
 
 #ifdef __AVX512BF16__
@@ -144,8 +149,12 @@ INLINE void bf16_block(const uint16_t *x, const uint16_t *w, const uint16_t *bia
     }
 }
 
-void gemv_bf16(const uint16_t *x, const uint16_t *w, const uint16_t *bias, uint16_t *y, int B, int N, int K) {
+void gemv_bf16_team(const uint16_t *x, const uint16_t *w, const uint16_t *bias, uint16_t *y, int B, int N, int K) {
   GEMV_BLOCKS(uint16_t, bf16_block)
+}
+void gemv_bf16(const uint16_t *x, const uint16_t *w, const uint16_t *bias, uint16_t *y, int B, int N, int K) {
+#pragma omp parallel
+  gemv_bf16_team(x, w, bias, y, B, N, K);
 }
 
 /* Which paths this build has, for logs and tests: bit 0 AVX-512F, bit 1 AVX512-BF16, bit 2 AVX2. */

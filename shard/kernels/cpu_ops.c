@@ -91,7 +91,11 @@ INLINE float exp_neg(float x) {
 INLINE float as_stored(float v, int bf16) { return bf16 ? round_bf16(v) : v; }
 
 /* OpenMP outlines a parallel loop's body before constants propagate, so each operation is a row (or
- * task) function specialised on `bf16` and the parallel loop picks the specialisation per row. */
+ * task) function specialised on `bf16` and the parallel loop picks the specialisation per row.
+ *
+ * Each operation is a *_team function, a worksharing loop run by the threads of an enclosing parallel
+ * region (its implicit barrier ends the operation), so that a whole decode step can run in one region
+ * (cpu_decode.c); the exported function of the same name without _team wraps it in its own region. */
 #define BY_DTYPE(bf16, call_f32, call_bf16) \
   do {                                      \
     if (bf16) call_bf16;                    \
@@ -107,11 +111,15 @@ INLINE void rms_norm_row(const void *x, const void *weight, void *out, int64_t b
   for (int i = 0; i < dim; i++)
     store(out, base + i, load(weight, i, bf16) * as_stored(load(x, base + i, bf16) * scale, bf16), bf16);
 }
-void rms_norm(const void *x, const void *weight, void *out, int rows, int dim, float eps, int bf16) {
-#pragma omp parallel for schedule(static) if (rows > 8)
+void rms_norm_team(const void *x, const void *weight, void *out, int rows, int dim, float eps, int bf16) {
+#pragma omp for schedule(static)
   for (int r = 0; r < rows; r++)
     BY_DTYPE(bf16, rms_norm_row(x, weight, out, (int64_t)r * dim, dim, eps, 0),
              rms_norm_row(x, weight, out, (int64_t)r * dim, dim, eps, 1));
+}
+void rms_norm(const void *x, const void *weight, void *out, int rows, int dim, float eps, int bf16) {
+#pragma omp parallel if (rows > 8)
+  rms_norm_team(x, weight, out, rows, dim, eps, bf16);
 }
 
 /* x += delta (rounded as torch's add), then out = rms_norm(x): the residual add and the next norm in one
@@ -121,11 +129,16 @@ INLINE void add_rms_norm_row(void *x, const void *delta, const void *weight, voi
   for (int i = 0; i < dim; i++) store(x, base + i, load(x, base + i, bf16) + load(delta, base + i, bf16), bf16);
   rms_norm_row(x, weight, out, base, dim, eps, bf16);
 }
-void add_rms_norm(void *x, const void *delta, const void *weight, void *out, int rows, int dim, float eps, int bf16) {
-#pragma omp parallel for schedule(static) if (rows > 8)
+void add_rms_norm_team(void *x, const void *delta, const void *weight, void *out, int rows, int dim, float eps,
+                       int bf16) {
+#pragma omp for schedule(static)
   for (int r = 0; r < rows; r++)
     BY_DTYPE(bf16, add_rms_norm_row(x, delta, weight, out, (int64_t)r * dim, dim, eps, 0),
              add_rms_norm_row(x, delta, weight, out, (int64_t)r * dim, dim, eps, 1));
+}
+void add_rms_norm(void *x, const void *delta, const void *weight, void *out, int rows, int dim, float eps, int bf16) {
+#pragma omp parallel if (rows > 8)
+  add_rms_norm_team(x, delta, weight, out, rows, dim, eps, bf16);
 }
 
 /* Rotates `heads` heads of head_dim starting at column `col` of each row, in place (rotate-half form).
@@ -142,34 +155,50 @@ INLINE void rotary_row(void *x, int64_t base, int heads, int head_dim, const flo
       store(x, base + half + i, as_stored(b * c, bf16) + as_stored(a * s, bf16), bf16);
     }
 }
-void rotary(void *x, int rows, int64_t row_stride, int col, int heads, int head_dim, const float *cos_table,
-            const float *sin_table, int bf16) {
+void rotary_team(void *x, int rows, int64_t row_stride, int col, int heads, int head_dim, const float *cos_table,
+                 const float *sin_table, int bf16) {
   int half = head_dim / 2;
-#pragma omp parallel for schedule(static) if (rows > 8)
+#pragma omp for schedule(static)
   for (int r = 0; r < rows; r++) {
     int64_t base = (int64_t)r * row_stride + col;
     const float *c = cos_table + (int64_t)r * half, *s = sin_table + (int64_t)r * half;
     BY_DTYPE(bf16, rotary_row(x, base, heads, head_dim, c, s, 0), rotary_row(x, base, heads, head_dim, c, s, 1));
   }
 }
+void rotary(void *x, int rows, int64_t row_stride, int col, int heads, int head_dim, const float *cos_table,
+            const float *sin_table, int bf16) {
+#pragma omp parallel if (rows > 8)
+  rotary_team(x, rows, row_stride, col, heads, head_dim, cos_table, sin_table, bf16);
+}
 
-/* Copies `width` values at column `col` of each row into cache[slots[r]] (rows of `width`). */
-static void store_rows(const void *x, int rows, int64_t row_stride, int col, int width, const int64_t *slots,
-                       void *cache, int bf16) {
+/* Copies `width` values at column `col` of row r into cache[slots[r]] (rows of `width`). */
+INLINE void store_row(const void *x, int r, int64_t row_stride, int col, int width, const int64_t *slots,
+                      void *cache, int bf16) {
   size_t size = bf16 ? 2 : 4;
-  for (int r = 0; r < rows; r++)
-    memcpy((char *)cache + (size_t)slots[r] * width * size, (const char *)x + ((size_t)r * row_stride + col) * size,
-           (size_t)width * size);
+  memcpy((char *)cache + (size_t)slots[r] * width * size, (const char *)x + ((size_t)r * row_stride + col) * size,
+         (size_t)width * size);
 }
 
 /* The attention input of a layer in one call: rotate the q and k heads of each qkv row in place, then
  * store its k and v heads in the caches at the row's slot. */
+void rotate_and_store_team(void *qkv, int rows, int num_q, int num_kv, int head_dim, const float *cos_table,
+                           const float *sin_table, const int64_t *slots, void *k_cache, void *v_cache, int bf16) {
+  int64_t width = (int64_t)(num_q + 2 * num_kv) * head_dim;
+  int kv_width = num_kv * head_dim;
+  int half = head_dim / 2;
+#pragma omp for schedule(static)
+  for (int r = 0; r < rows; r++) {
+    const float *c = cos_table + (int64_t)r * half, *s = sin_table + (int64_t)r * half;
+    BY_DTYPE(bf16, rotary_row(qkv, r * width, num_q + num_kv, head_dim, c, s, 0),
+             rotary_row(qkv, r * width, num_q + num_kv, head_dim, c, s, 1));
+    store_row(qkv, r, width, num_q * head_dim, kv_width, slots, k_cache, bf16);
+    store_row(qkv, r, width, (num_q + num_kv) * head_dim, kv_width, slots, v_cache, bf16);
+  }
+}
 void rotate_and_store(void *qkv, int rows, int num_q, int num_kv, int head_dim, const float *cos_table,
                       const float *sin_table, const int64_t *slots, void *k_cache, void *v_cache, int bf16) {
-  int64_t width = (int64_t)(num_q + 2 * num_kv) * head_dim;
-  rotary(qkv, rows, width, 0, num_q + num_kv, head_dim, cos_table, sin_table, bf16);
-  store_rows(qkv, rows, width, num_q * head_dim, num_kv * head_dim, slots, k_cache, bf16);
-  store_rows(qkv, rows, width, (num_q + num_kv) * head_dim, num_kv * head_dim, slots, v_cache, bf16);
+#pragma omp parallel if (rows > 8)
+  rotate_and_store_team(qkv, rows, num_q, num_kv, head_dim, cos_table, sin_table, slots, k_cache, v_cache, bf16);
 }
 
 /* Attention of one sequence's query group (the queries sharing KV head g) over its cached context:
@@ -209,11 +238,11 @@ INLINE void attend_group(const void *q, int64_t q_base, const void *k_cache, con
 /* One query row per sequence against its cached keys/values, found through its block table.
  * q: [batch, q_row_stride] with the heads at column 0; caches: [slots, num_kv, head_dim];
  * out: [batch, num_q * head_dim]. */
-void paged_attention(const void *q, int64_t q_row_stride, const void *k_cache, const void *v_cache,
-                     const int32_t *block_tables, int max_blocks, const int32_t *lengths, int batch, int num_q,
-                     int num_kv, int head_dim, int block_size, float scale, void *out, int bf16) {
+void paged_attention_team(const void *q, int64_t q_row_stride, const void *k_cache, const void *v_cache,
+                          const int32_t *block_tables, int max_blocks, const int32_t *lengths, int batch, int num_q,
+                          int num_kv, int head_dim, int block_size, float scale, void *out, int bf16) {
   int group = num_q / num_kv;
-#pragma omp parallel for collapse(2) schedule(dynamic)
+#pragma omp for collapse(2) schedule(dynamic)
   for (int b = 0; b < batch; b++)
     for (int g = 0; g < num_kv; g++) {
       const int32_t *table = block_tables + (int64_t)b * max_blocks;
@@ -226,6 +255,13 @@ void paged_attention(const void *q, int64_t q_row_stride, const void *k_cache, c
                             scale, out, out_base, 1));
     }
 }
+void paged_attention(const void *q, int64_t q_row_stride, const void *k_cache, const void *v_cache,
+                     const int32_t *block_tables, int max_blocks, const int32_t *lengths, int batch, int num_q,
+                     int num_kv, int head_dim, int block_size, float scale, void *out, int bf16) {
+#pragma omp parallel
+  paged_attention_team(q, q_row_stride, k_cache, v_cache, block_tables, max_blocks, lengths, batch, num_q, num_kv,
+                       head_dim, block_size, scale, out, bf16);
+}
 
 /* out[r] = silu(gate) * up where each row of gate_up is [gate | up], `width` each; silu is rounded
  * before the product, as torch's two operations do. */
@@ -237,9 +273,13 @@ INLINE void silu_mul_row(const void *gate_up, void *out, int64_t in, int64_t o, 
     store(out, o + i, as_stored(g * sigmoid, bf16) * load(gate_up, in + width + i, bf16), bf16);
   }
 }
-void silu_mul(const void *gate_up, void *out, int rows, int width, int bf16) {
-#pragma omp parallel for schedule(static) if (rows > 8)
+void silu_mul_team(const void *gate_up, void *out, int rows, int width, int bf16) {
+#pragma omp for schedule(static)
   for (int r = 0; r < rows; r++)
     BY_DTYPE(bf16, silu_mul_row(gate_up, out, (int64_t)r * 2 * width, (int64_t)r * width, width, 0),
              silu_mul_row(gate_up, out, (int64_t)r * 2 * width, (int64_t)r * width, width, 1));
+}
+void silu_mul(const void *gate_up, void *out, int rows, int width, int bf16) {
+#pragma omp parallel if (rows > 8)
+  silu_mul_team(gate_up, out, rows, width, bf16);
 }

@@ -14,8 +14,9 @@ import torch
 from shard.distributed import Distributed, split_range
 from shard.kv_cache import KVCache
 from shard.models.config import ModelConfig
+from shard.models.fused_decode import FusedDecode
 from shard.models.layers import Linear, Rotary, VocabParallelEmbedding, VocabParallelHead
-from shard.models.ops import LayerOps, ops_for
+from shard.models.ops import KernelOps, LayerOps, ops_for
 from shard.weights import Weights
 
 
@@ -186,6 +187,12 @@ class LlamaModel:
             head = weights.get_rows("lm_head.weight", *part.vocab)
         self.lm_head = VocabParallelHead(head, part.vocab_rows_padded, config.vocab_size, dist)
         self.rotary = Rotary(config.head_dim, config.rope_theta, config.rope_scaling, self.device)
+        # Decode steps of one rank run all layers in one C call; None: layer by layer (also settable,
+        # for comparisons).
+        self.fused_decode: FusedDecode | None = None
+        if isinstance(self.ops, KernelOps) and dist.world_size == 1 and FusedDecode.fits(self.layers, self.dtype):
+            self.fused_decode = FusedDecode(self.ops.kernels, self.layers, config.hidden_size, config.rms_norm_eps,
+                                            self.dtype)
 
     @property
     def local_kv_heads(self) -> int:
@@ -197,8 +204,11 @@ class LlamaModel:
         """Logits [len(logits_indices), vocab] for the selected flattened token positions."""
         x = self.embed(input_ids)
         rope = self.ops.rope_tables(self.rotary, positions, x.dtype)
-        delta = None
-        for layer, k_cache, v_cache in zip(self.layers, cache.keys, cache.values, strict=True):
-            x, delta = layer(x, delta, rope, attn, k_cache, v_cache)
+        if self.fused_decode is not None and self.fused_decode.covers(attn, x.shape[0]):
+            x, delta = self.fused_decode(x, rope, attn, cache)
+        else:
+            delta = None
+            for layer, k_cache, v_cache in zip(self.layers, cache.keys, cache.values, strict=True):
+                x, delta = layer(x, delta, rope, attn, k_cache, v_cache)
         _, x = self.ops.add_rms_norm(x[logits_indices], delta[logits_indices], self.norm, self.config.rms_norm_eps)
         return self.lm_head(x).float()

@@ -94,16 +94,46 @@ class PagedRunner:
         """
         assert self.cache is not None
         dev, bs = self.device, self.block_size
+        sequences = decoding + [s for s, _ in chunks]
+        rows_per_sequence = [1] * len(decoding) + [n for _, n in chunks]
         ids: list[int] = [s.all_ids[-1] for s in decoding]
         positions: list[int] = [s.cached_length for s in decoding]
         slots: list[int] = [s.block_table[s.cached_length // bs] * bs + s.cached_length % bs for s in decoding]
+        for s, n in chunks:
+            ids.extend(s.all_ids[s.cached_length: s.cached_length + n])
+            positions.extend(range(s.cached_length, s.cached_length + n))
+            slots.extend(slots_of(s.block_table, s.cached_length, s.cached_length + n, bs))
+        position_tensor = torch.tensor(positions, device=dev)
+        if self.model.ops.reads_paged_cache:
+            # Every row, prompt tokens included, attends through its sequence's block table up to its
+            # own position: one kernel call for the whole step.
+            for s, n in zip(sequences, rows_per_sequence, strict=True):
+                s.cached_length += n
+            tables, _ = padded_block_tables([s.block_table for s in sequences], [s.cached_length for s in sequences],
+                                            bs, dev)
+            if chunks:
+                tables = tables.repeat_interleave(torch.tensor(rows_per_sequence, device=dev), dim=0)
+            attn = AttentionInputs(torch.tensor(slots, device=dev), paged_rows=len(ids), block_size=bs,
+                                   block_tables=tables, context_lengths=(position_tensor + 1).int())
+        else:
+            spans = self._prefill_spans(chunks, len(decoding))
+            for s, n in zip(sequences, rows_per_sequence, strict=True):
+                s.cached_length += n
+            attn = AttentionInputs(torch.tensor(slots, device=dev), prefill_spans=spans, paged_rows=len(decoding),
+                                   block_size=bs)
+            if decoding:
+                attn.context_slots, attn.context_mask = context_slots(
+                    [s.block_table for s in decoding], [s.cached_length for s in decoding], bs, dev)
+        return self.model.forward(torch.tensor(ids, device=dev), position_tensor, attn, self.cache,
+                                  torch.tensor(logits_rows, dtype=torch.long, device=dev))
+
+    def _prefill_spans(self, chunks: list[tuple[RequestState, int]], first_row: int) -> list[PrefillSpan]:
+        """Where each chunk's rows are, and for a later chunk of a prompt, the cached part it attends to."""
+        dev, bs = self.device, self.block_size
         spans: list[PrefillSpan] = []
-        row = len(decoding)
+        row = first_row
         for s, n in chunks:
             start = s.cached_length
-            ids.extend(s.all_ids[start: start + n])
-            positions.extend(range(start, start + n))
-            slots.extend(slots_of(s.block_table, start, start + n, bs))
             span = PrefillSpan(start_row=row, length=n, context_length=start)
             if start:
                 span.context_slots = torch.tensor(slots_of(s.block_table, 0, start + n, bs), device=dev)
@@ -111,17 +141,4 @@ class PagedRunner:
                 span.mask = keys[None, :] <= (start + torch.arange(n, device=dev))[:, None]
             spans.append(span)
             row += n
-        for s in decoding:
-            s.cached_length += 1
-        for s, n in chunks:
-            s.cached_length += n
-        attn = AttentionInputs(torch.tensor(slots, device=dev), prefill_spans=spans, decode_count=len(decoding),
-                               block_size=bs)
-        if decoding:
-            tables, lengths = [s.block_table for s in decoding], [s.cached_length for s in decoding]
-            if self.model.ops.reads_paged_cache:
-                attn.block_tables, attn.context_lengths = padded_block_tables(tables, lengths, bs, dev)
-            else:
-                attn.context_slots, attn.context_mask = context_slots(tables, lengths, bs, dev)
-        return self.model.forward(torch.tensor(ids, device=dev), torch.tensor(positions, device=dev), attn,
-                                  self.cache, torch.tensor(logits_rows, dtype=torch.long, device=dev))
+        return spans

@@ -50,7 +50,7 @@ class FusedDecode:
                 and first.num_q // first.num_kv <= 16 and first.config.head_dim <= 256)
 
     def covers(self, attn: AttentionInputs, rows: int) -> bool:
-        return not attn.prefill_spans and attn.decode_count == rows <= self.max_rows and attn.block_tables is not None
+        return not attn.prefill_spans and attn.paged_rows == rows <= self.max_rows and attn.block_tables is not None
 
     def _layers_for(self, cache: KVCache) -> ctypes.Array:
         # The structs hold raw cache addresses: rebuilt whenever the pool is reallocated.

@@ -36,16 +36,17 @@ class PrefillSpan:
 class AttentionInputs:
     """Where the new tokens' keys/values go and what each row attends to.
 
-    The first `decode_count` rows are decode tokens (one per sequence) attending to their cached
-    context: given as `block_tables` [B, max_blocks] (int32) and `context_lengths` [B] (int32) to ops
-    that read the paged cache in place, otherwise as the cache slots `context_slots` [B, L] where
-    `context_mask` [B, 1, 1, L] is true. The rows after them are prompt chunks (`prefill_spans`), each
-    attending causally to its own prompt.
+    The first `paged_rows` rows each attend to their sequence's cache up to their own position (their
+    key and value are stored first): given as `block_tables` [B, max_blocks] (int32) and
+    `context_lengths` [B] (int32) to ops that read the paged cache in place, where every row is one
+    (decode tokens and prompt tokens alike), otherwise as the cache slots `context_slots` [B, L] where
+    `context_mask` [B, 1, 1, L] is true, for decode tokens only. Then the rows after them are prompt
+    chunks (`prefill_spans`), each attending causally to its own prompt.
     """
 
     slot_mapping: torch.Tensor
     prefill_spans: list[PrefillSpan] = field(default_factory=list)
-    decode_count: int = 0
+    paged_rows: int = 0
     block_size: int = 16
     context_slots: torch.Tensor | None = None
     context_mask: torch.Tensor | None = None
@@ -152,8 +153,8 @@ class DecoderLayer:
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn: AttentionInputs,
                 k_cache: torch.Tensor, v_cache: torch.Tensor) -> torch.Tensor:
         outs = []
-        if attn.decode_count:
-            outs.append(self.ops.decode_attention(q[: attn.decode_count], attn, k_cache, v_cache))
+        if attn.paged_rows:
+            outs.append(self.ops.paged_attention(q[: attn.paged_rows], attn, k_cache, v_cache))
         for span in attn.prefill_spans:
             rows = slice(span.start_row, span.start_row + span.length)
             if span.context_slots is None:

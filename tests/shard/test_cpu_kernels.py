@@ -104,10 +104,10 @@ def test_paged_attention_matches_gathered_attention(kernels: cpu.CpuKernels, dty
     order = torch.randperm(num_blocks).tolist()
     tables = [order[0:1], order[1:5], order[5:15], order[15:16]]
     q = torch.randn(len(lengths), num_q, head_dim).to(dtype)
-    attn = AttentionInputs(torch.zeros(0, dtype=torch.long), decode_count=len(lengths), block_size=block_size)
+    attn = AttentionInputs(torch.zeros(0, dtype=torch.long), paged_rows=len(lengths), block_size=block_size)
     attn.context_slots, attn.context_mask = context_slots(tables, lengths, block_size, torch.device("cpu"))
     attn.block_tables, attn.context_lengths = padded_block_tables(tables, lengths, block_size, torch.device("cpu"))
-    want = TorchOps().decode_attention(q, attn, k_cache, v_cache)
+    want = TorchOps().paged_attention(q, attn, k_cache, v_cache)
     got = kernels.paged_attention(q, num_q, k_cache, v_cache, attn.block_tables, attn.context_lengths, block_size)
     # bf16: torch rounds the probabilities to bf16 before weighting the values, the kernel does not
     assert_close(got, want, dtype, steps=8 if dtype == torch.bfloat16 else 64)

@@ -1,4 +1,4 @@
-"""The one-call decode step (shard/kernels/cpu_decode.c) against the layer-by-layer kernel path."""
+"""The one-call step (shard/kernels/cpu_decode.c) against the layer-by-layer kernel path."""
 
 from __future__ import annotations
 
@@ -73,7 +73,8 @@ def test_fused_decode_gives_the_same_bits_as_the_layer_loop(model_dir: Path, dty
     layer_by_layer = generate(new_engine(model_dir, dtype, fused=False, monkeypatch=monkeypatch), steps=6)
     assert calls == []
     fused = generate(new_engine(model_dir, dtype, fused=True, monkeypatch=monkeypatch), steps=6)
-    assert calls == [3] * 6, "every decode step of the batch should have taken the fused path"
+    # the prefill too: its 29 prompt rows attend through the paged cache like decode rows
+    assert calls == [29] + [3] * 6, "every step of the batch should have taken the fused path"
     assert fused == layer_by_layer
     assert len({token for _, token, _, _ in fused}) > 3, "a degenerate model would make the comparison weak"
 

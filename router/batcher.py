@@ -61,6 +61,13 @@ def _tokens(tokens: pb.Tokens) -> list[Token]:
     ]
 
 
+def _first_token(tokens: pb.Tokens) -> Token:
+    """The generated token of a step (per token, half the cost of building the list _tokens makes)."""
+    logprob = tokens.logprobs[0]
+    return Token(id=tokens.ids[0], text=tokens.texts[0], logprob=None if math.isnan(logprob) else logprob,
+                 special=tokens.is_special[0])
+
+
 class Batcher:
     def __init__(self, client: ShardClient, config: SchedulerConfig, metrics: Metrics | None = None) -> None:
         self.client = client
@@ -186,13 +193,15 @@ class Batcher:
         m.batch_inference_duration.labels(method).observe(time.monotonic() - start)
         m.batch_forward_duration.labels(method).observe(response.forward_ns / 1e9)
         m.batch_decode_duration.labels(method).observe(response.decode_ns / 1e9)
-        self._dispatch(response.generations, time.monotonic())
+        handlers_woken = self._dispatch(response.generations, time.monotonic())
         self._observe_batch()
-        # Let the handlers write the tokens just dispatched before the next step starts: once it runs,
-        # the shard's threads hold the CPUs and the writes would wait for a time slice (on 2 cores
-        # that made the router's share of a token 2-3 ms at 32 streams). Costs the shard an idle gap
-        # of one pass over the handlers (~30 us per stream).
-        await asyncio.sleep(0)
+        if handlers_woken:
+            # Let the handlers write the tokens queued for them before the next step starts: once it runs,
+            # the shard's threads hold the CPUs and the writes would wait for a time slice (on 2 cores
+            # that made the router's share of a token 2-3 ms at 32 streams). Tokens written directly
+            # in _dispatch are on the wire already; only first and last tokens, and those of clients
+            # that lag, come this way.
+            await asyncio.sleep(0)
         return True, response.batch if response.HasField("batch") else None
 
     def _observe_batch(self) -> None:
@@ -200,8 +209,10 @@ class Batcher:
         self.metrics.batch_current_max_tokens.set(
             sum(e.cache_tokens(self.config.block_size) for e in self.running.values()))
 
-    def _dispatch(self, generations: Iterable[pb.Generation], received_at: float) -> None:
+    def _dispatch(self, generations: Iterable[pb.Generation], received_at: float) -> int:
+        """Send each generation's token to its stream; returns how many went to a handler's queue."""
         now = self.last_progress = received_at
+        queued = written_directly = 0
         for generation in generations:
             entry = self.running.get(generation.request_id)
             if entry is None:
@@ -217,15 +228,21 @@ class Batcher:
                 del self.running[entry.id]
             if entry.stream.cancelled:
                 continue
-            token = _tokens(generation.tokens)[0]
-            entry.stream.send_token(TokenEvent(
+            event = TokenEvent(
                 index=entry.stream.tokens_sent + 1,
-                token=token,
+                token=_first_token(generation.tokens),
                 top_tokens=[t for tokens in generation.top_tokens for t in _tokens(tokens)],
                 prefill=_tokens(generation.prefill_tokens) if generation.HasField("prefill_tokens") else [],
                 finished=finished,
                 received_at=received_at,
-            ))
+            )
+            if entry.stream.send_token(event):
+                written_directly += 1
+            else:
+                queued += 1
+        if written_directly:
+            self.metrics.tokens_written_directly.inc(written_directly)
+        return queued
 
     async def _filter_cancelled(self) -> None:
         if self.batch is None:

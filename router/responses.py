@@ -15,9 +15,13 @@ def error_response(status: int, message: str, error_type: str, headers: dict | N
     return web.json_response({"error": message, "error_type": error_type}, status=status, headers=headers)
 
 
+# One encoder for every event: json.dumps builds a new one on each call that passes options.
+_encode_json = json.JSONEncoder(ensure_ascii=False, allow_nan=False).encode
+
+
 def sse_event(data: dict | str, space: bool = False) -> bytes:
     """One `data:` event. TGI's native routes write no space after the colon; OpenAI routes do."""
-    payload = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False, allow_nan=False)
+    payload = data if isinstance(data, str) else _encode_json(data)
     return f"data:{' ' if space else ''}{payload}\n\n".encode()
 
 

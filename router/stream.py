@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 FINISH_REASONS = {0: "length", 1: "eos_token", 2: "stop_sequence"}
@@ -56,12 +57,23 @@ class RequestStream:
         self.done = False
         self.tokens_sent = 0
         self.error: ErrorEvent | None = None  # what it failed with, for traces
+        # Set by the handler while it idles (router/sse.py pump_events): writes a token event to the client
+        # at once, or returns False to leave it to the queue (response not started, client lagging).
+        self.write_directly: Callable[[TokenEvent], bool] | None = None
 
-    def send_token(self, event: TokenEvent) -> None:
+    def send_token(self, event: TokenEvent) -> bool:
+        """Hand `event` to the handler; True when it was written to the client directly, without waking it.
+
+        The last event always wakes the handler (it ends the response), and nothing skips the queue while
+        it holds events, so the client sees every event in order.
+        """
         self.tokens_sent += 1
         if event.finished is not None:
             self.done = True
+        elif self.write_directly is not None and self._events.empty() and self.write_directly(event):
+            return True
         self._events.put_nowait(event)
+        return False
 
     def send_error(self, message: str, error_type: str = "generation") -> None:
         self.done = True

@@ -147,6 +147,8 @@ async def pump_events(
                 raise StreamFailedBeforeFirstByte(event)
             await sse.write(render_error(event))
             return None
+        if event.finished is not None and stream.last_written_directly:
+            return event
         await sse.write(render(event))
         if on_written is not None:
             on_written(event)

@@ -60,20 +60,26 @@ class RequestStream:
         # Set by the handler while it idles (router/sse.py pump_events): writes a token event to the client
         # at once, or returns False to leave it to the queue (response not started, client lagging).
         self.write_directly: Callable[[TokenEvent], bool] | None = None
+        # The last token event is on the wire already: its handler only ends the response.
+        self.last_written_directly = False
 
     def send_token(self, event: TokenEvent) -> bool:
-        """Hand `event` to the handler; True when it was written to the client directly, without waking it.
+        """Hand `event` to the handler; True when it was written to the client directly (then the handler
+        is not woken for it, unless it is the last).
 
-        The last event always wakes the handler (it ends the response), and nothing skips the queue while
-        it holds events, so the client sees every event in order.
+        The last event always wakes the handler too (it ends the response), and nothing skips the queue
+        while it holds events, so the client sees every event in order.
         """
         self.tokens_sent += 1
-        if event.finished is not None:
+        written = self.write_directly is not None and self._events.empty() and self.write_directly(event)
+        if event.finished is None:
+            if written:
+                return True
+        else:
             self.done = True
-        elif self.write_directly is not None and self._events.empty() and self.write_directly(event):
-            return True
+            self.last_written_directly = written
         self._events.put_nowait(event)
-        return False
+        return written
 
     def send_error(self, message: str, error_type: str = "generation") -> None:
         self.done = True

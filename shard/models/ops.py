@@ -1,8 +1,9 @@
 """The per-layer operations of the Llama family, in two implementations with one interface.
 
 TorchOps is plain torch and runs anywhere (GPU included). KernelOps calls shard/kernels (CPU, float32
-or bfloat16): each operation is one C call instead of 5-10 tensor operations, and decode attention
-reads the paged cache in place instead of copying each sequence's context out first.
+or bfloat16): each operation is one C call instead of 5-10 tensor operations, and attention (decode
+and prompt rows alike) reads the paged cache in place instead of copying each sequence's context out
+first. prefill_attention is TorchOps' alone: KernelOps gets no prefill spans (see AttentionInputs).
 """
 
 from __future__ import annotations

@@ -129,6 +129,18 @@ async def until_idle(opened: Opened) -> None:
     raise AssertionError("the handler never went idle")
 
 
+async def started_stream(make_server, count: int) -> tuple[socket.socket, Opened, list[TokenEvent]]:
+    """A client whose stream has sent its first event (the headers went with it) and idles: the next token
+    can be written directly."""
+    server = await make_server()
+    sock = await connect(server)
+    opened = await server.opened.get()
+    events = token_events(count)
+    opened.stream.send_token(events[0])
+    await until_idle(opened)
+    return sock, opened, events
+
+
 def split_response(raw: bytes) -> tuple[list[bytes], bytes]:
     """The header lines (without Date, which differs from run to run) and the body."""
     head, _, body = raw.partition(b"\r\n\r\n")
@@ -259,12 +271,7 @@ async def test_direct_writes_count_as_activity_for_the_ping_timer(make_server) -
 
 
 async def test_a_token_that_fails_to_render_fails_the_handler_not_the_batcher(make_server) -> None:
-    server = await make_server()
-    sock = await connect(server)
-    opened = await server.opened.get()
-    events = token_events(4)
-    opened.stream.send_token(events[0])
-    await until_idle(opened)
+    sock, opened, events = await started_stream(make_server, 4)
     bad = TokenEvent(index=2, token=Token(2, "t", float("nan"), False))  # JSON has no NaN: render raises
     assert opened.stream.send_token(bad) is False  # no exception here, in the batcher's loop
     with pytest.raises(ValueError):
@@ -300,12 +307,7 @@ async def test_a_client_gone_mid_stream_stops_direct_writes_and_leaves_other_str
 async def test_an_event_never_overtakes_one_still_queued_for_the_handler(make_server, monkeypatch) -> None:
     """An event the direct path refused waits in the queue; the next one must queue behind it even when
     the connection could take it at once, before the handler has run."""
-    server = await make_server()
-    sock = await connect(server)
-    opened = await server.opened.get()
-    events = token_events(6)
-    opened.stream.send_token(events[0])
-    await until_idle(opened)
+    sock, opened, events = await started_stream(make_server, 6)
     assert opened.stream.send_token(events[1]) is True
     with monkeypatch.context() as patch:  # the client lags for one event
         patch.setattr(opened.sse, "can_write_now", lambda: False)
@@ -321,12 +323,7 @@ async def test_an_event_never_overtakes_one_still_queued_for_the_handler(make_se
 
 async def test_a_closing_connection_is_never_written_to_directly(make_server) -> None:
     """Between a connection closing and its handler's cancellation, tokens go to the queue, not the socket."""
-    server = await make_server()
-    sock = await connect(server)
-    opened = await server.opened.get()
-    events = token_events(4)
-    opened.stream.send_token(events[0])
-    await until_idle(opened)
+    sock, opened, events = await started_stream(make_server, 4)
     opened.request.transport.close()
     assert opened.stream.write_directly is not None  # the handler has not run since
     assert opened.stream.send_token(events[1]) is False

@@ -235,7 +235,8 @@ INLINE void attend_group(const void *q, int64_t q_base, const void *k_cache, con
   free(scores);
 }
 
-/* One query row per sequence against its cached keys/values, found through its block table.
+/* Each query row (a decode token, or one token of a prompt: rows of one sequence share its table) against
+ * the first lengths[b] cached keys/values of its sequence, found through its block table.
  * q: [batch, q_row_stride] with the heads at column 0; caches: [slots, num_kv, head_dim];
  * out: [batch, num_q * head_dim]. */
 void paged_attention_team(const void *q, int64_t q_row_stride, const void *k_cache, const void *v_cache,

@@ -72,14 +72,16 @@ def main() -> None:
     parser.add_argument("--prompt-tokens", type=int, default=128)
     parser.add_argument("--steps", type=int, default=32)
     parser.add_argument("--paths", default="fused", help=f"comma-separated, of {', '.join(PATHS)}")
+    parser.add_argument("--membw-mb", type=int, default=1024, help="size of the bandwidth probe (MiB)")
     args = parser.parse_args()
     if args.model_dir is None:
         from launcher.embedded import ensure_embedded_model
         from launcher.model_source import default_cache_dir
 
         args.model_dir = ensure_embedded_model(default_cache_dir()).path
-    gbs = read_bandwidth_gbs()
-    print(f"memory read bandwidth: {gbs:.1f} GB/s (torch.sum over 1 GiB, {torch.get_num_threads()} threads)")
+    gbs = read_bandwidth_gbs(args.membw_mb)
+    print(f"memory read bandwidth: {gbs:.1f} GB/s (torch.sum over {args.membw_mb} MiB, "
+          f"{torch.get_num_threads()} threads)")
     print(f"{'dtype':9} {'path':8} {'batch':>5} {'ms/step p50':>11} {'tok/s':>7} {'weight GB/s':>11} "
           f"{'of membw':>8}")
     for dtype in args.dtype.split(","):

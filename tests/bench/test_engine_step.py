@@ -1,0 +1,38 @@
+"""bench/engine_step.py end to end on a tiny random model: one line per configuration, numbers that agree."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.model_factory import build_llama
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_llama(tmp_path_factory.mktemp("engine-step-llama"), head_dim=16, suppress_eos=True)
+
+
+def test_engine_step_prints_each_path_and_batch_with_consistent_numbers(model_dir: Path) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.engine_step", "--model-dir", str(model_dir), "--batch", "1,3",
+         "--dtype", "float32,bfloat16", "--paths", "fused,layers,torch", "--steps", "3", "--prompt-tokens", "8",
+         "--membw-mb", "64"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, check=True,
+    ).stdout
+    lines = out.splitlines()
+    assert lines[0].startswith("memory read bandwidth: ") and "over 64 MiB" in lines[0]
+    rows = [line.split() for line in lines[2:]]
+    assert [(r[0], r[1], r[2]) for r in rows] == [
+        (dtype, path, batch) for dtype in ("float32", "bfloat16") for path in ("fused", "layers", "torch")
+        for batch in ("1", "3")]
+    for _, _, batch, ms, tok_s, weight_gbs, share in rows:
+        assert float(ms) > 0 and float(weight_gbs) > 0 and share.endswith("%")
+        # tokens/s is the batch over the step time, printed to 0.1 ms
+        slowest, fastest = (int(batch) / (max(float(ms) + d, 1e-3) / 1e3) for d in (0.05, -0.05))
+        assert slowest - 0.05 <= float(tok_s) <= fastest + 0.05

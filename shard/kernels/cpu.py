@@ -162,15 +162,6 @@ class CpuKernels:
                                       sin.data_ptr(), slots.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(),
                                       _is_bf16(qkv))
 
-    def rotary_(self, x: torch.Tensor, column: int, heads: int, head_dim: int, cos: torch.Tensor,
-                sin: torch.Tensor) -> None:
-        """Rotates `heads` heads starting at `column` of each row of the 2-D `x`, in place.
-
-        cos, sin: float32 [rows, head_dim / 2], contiguous."""
-        assert x.stride(1) == 1 and cos.dtype == torch.float32 and cos.is_contiguous() and sin.is_contiguous()
-        self.library.rotary(x.data_ptr(), x.shape[0], x.stride(0), column, heads, head_dim, cos.data_ptr(),
-                            sin.data_ptr(), _is_bf16(x))
-
     def paged_attention(self, q: torch.Tensor, num_q: int, k_cache: torch.Tensor, v_cache: torch.Tensor,
                         block_tables: torch.Tensor, lengths: torch.Tensor, block_size: int) -> torch.Tensor:
         """Decode attention: row b of q (heads from column 0) against its `lengths[b]` cached positions.
@@ -226,7 +217,6 @@ def _open(path: Path) -> CpuKernels:
     _declare(library, "rms_norm", ptr, ptr, ptr, i32, i32, f32, i32)
     _declare(library, "add_rms_norm", ptr, ptr, ptr, ptr, i32, i32, f32, i32)
     _declare(library, "rotate_and_store", ptr, i32, i32, i32, i32, ptr, ptr, ptr, ptr, ptr, i32)
-    _declare(library, "rotary", ptr, i32, i64, i32, i32, i32, ptr, ptr, i32)
     _declare(library, "paged_attention", ptr, i64, ptr, ptr, ptr, i32, ptr, i32, i32, i32, i32, i32, f32, ptr, i32)
     _declare(library, "silu_mul", ptr, ptr, i32, i32, i32)
     _declare(library, "decode_layers", ctypes.POINTER(DecodeLayer), i32, ctypes.POINTER(DecodeStep), ptr, ptr)

@@ -141,8 +141,8 @@ void add_rms_norm(void *x, const void *delta, const void *weight, void *out, int
   add_rms_norm_team(x, delta, weight, out, rows, dim, eps, bf16);
 }
 
-/* Rotates `heads` heads of head_dim starting at column `col` of each row, in place (rotate-half form).
- * cos/sin: float32 [rows, head_dim / 2]. torch computes x * cos + rotate_half(x) * sin with each
+/* Rotates `heads` heads of head_dim starting at `base` (one row), in place (rotate-half form).
+ * cos_row/sin_row: float32 [head_dim / 2]. torch computes x * cos + rotate_half(x) * sin with each
  * product rounded, then the sum: so does this. */
 INLINE void rotary_row(void *x, int64_t base, int heads, int head_dim, const float *cos_row, const float *sin_row,
                        int bf16) {
@@ -155,22 +155,6 @@ INLINE void rotary_row(void *x, int64_t base, int heads, int head_dim, const flo
       store(x, base + half + i, as_stored(b * c, bf16) + as_stored(a * s, bf16), bf16);
     }
 }
-void rotary_team(void *x, int rows, int64_t row_stride, int col, int heads, int head_dim, const float *cos_table,
-                 const float *sin_table, int bf16) {
-  int half = head_dim / 2;
-#pragma omp for schedule(static)
-  for (int r = 0; r < rows; r++) {
-    int64_t base = (int64_t)r * row_stride + col;
-    const float *c = cos_table + (int64_t)r * half, *s = sin_table + (int64_t)r * half;
-    BY_DTYPE(bf16, rotary_row(x, base, heads, head_dim, c, s, 0), rotary_row(x, base, heads, head_dim, c, s, 1));
-  }
-}
-void rotary(void *x, int rows, int64_t row_stride, int col, int heads, int head_dim, const float *cos_table,
-            const float *sin_table, int bf16) {
-#pragma omp parallel if (rows > 8)
-  rotary_team(x, rows, row_stride, col, heads, head_dim, cos_table, sin_table, bf16);
-}
-
 /* Copies `width` values at column `col` of row r into cache[slots[r]] (rows of `width`). */
 INLINE void store_row(const void *x, int r, int64_t row_stride, int col, int width, const int64_t *slots,
                       void *cache, int bf16) {

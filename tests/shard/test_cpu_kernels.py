@@ -68,7 +68,7 @@ def test_linear_refuses_mismatched_shapes_and_dtypes(kernels: cpu.CpuKernels) ->
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("rows", [1, 3, 17])
-def test_rms_norm_silu_mul_and_rotary_match_the_torch_ops(kernels: cpu.CpuKernels, dtype: torch.dtype,
+def test_rms_norm_silu_mul_and_rotation_match_the_torch_ops(kernels: cpu.CpuKernels, dtype: torch.dtype,
                                                           rows: int) -> None:
     torch.manual_seed(rows)
     x, weight = torch.randn(rows, 96).to(dtype), (torch.rand(96) + 0.5).to(dtype)
@@ -78,17 +78,20 @@ def test_rms_norm_silu_mul_and_rotary_match_the_torch_ops(kernels: cpu.CpuKernel
     gate, up = gate_up.chunk(2, dim=-1)
     assert_close(kernels.silu_mul(gate_up), F.silu(gate) * up, dtype)
 
-    heads, head_dim = 5, 32
+    num_q, num_kv, head_dim = 3, 2, 32
     rotary = Rotary(head_dim, 10000.0, None, torch.device("cpu"))
     positions = torch.arange(rows) * 7 + 3
-    qk = torch.randn(rows, 2 + heads * head_dim).to(dtype)  # two leading columns: rotation starts at column 2
+    qkv = torch.randn(rows, (num_q + 2 * num_kv) * head_dim).to(dtype)
     cos, sin = rotary.cos_sin(positions, dtype)
-    want = apply_rotary(qk[:, 2:].reshape(rows, heads, head_dim), cos, sin).reshape(rows, -1)
+    rotated_heads = (num_q + num_kv) * head_dim
+    want = apply_rotary(qkv[:, :rotated_heads].reshape(rows, num_q + num_kv, head_dim), cos, sin).reshape(rows, -1)
     freqs = positions.float()[:, None] * rotary.inv_freq[None, :]
-    got = qk.clone()
-    kernels.rotary_(got, 2, heads, head_dim, freqs.cos(), freqs.sin())
-    assert_close(got[:, 2:], want, dtype)
-    assert torch.equal(got[:, :2], qk[:, :2])
+    got = qkv.clone()
+    k_cache, v_cache = (torch.zeros(rows, num_kv, head_dim, dtype=dtype) for _ in range(2))
+    kernels.rotate_and_store_(got, num_q, num_kv, head_dim, freqs.cos(), freqs.sin(), torch.arange(rows),
+                              k_cache, v_cache)
+    assert_close(got[:, :rotated_heads], want, dtype)
+    assert torch.equal(got[:, rotated_heads:], qkv[:, rotated_heads:])  # values are not rotated
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

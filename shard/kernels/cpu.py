@@ -169,7 +169,7 @@ class CpuKernels:
         Caches [slots, num_kv, head_dim]; block_tables int32 [batch, max_blocks]; lengths int32 [batch]."""
         batch = q.shape[0]
         _, num_kv, head_dim = k_cache.shape
-        if num_q // num_kv > 16 or head_dim > 256 or num_q % num_kv:
+        if not paged_attention_fits(num_q, num_kv, head_dim):
             raise ValueError(f"paged_attention supports up to 16 queries per KV head of up to 256 dims, "
                              f"got {num_q} / {num_kv} heads of {head_dim}")
         assert q.stride(-1) == 1 and (q.dim() == 2 or q.stride(1) == head_dim)
@@ -195,6 +195,11 @@ class CpuKernels:
         embeddings) becomes the residual stream and delta the last layer's MLP output, both in place."""
         assert x.is_contiguous() and delta.is_contiguous() and x.shape == delta.shape
         self.library.decode_layers(layers, len(layers), ctypes.byref(step), x.data_ptr(), delta.data_ptr())
+
+
+def paged_attention_fits(num_q: int, num_kv: int, head_dim: int) -> bool:
+    """Whether paged_attention takes these heads: its per-task buffers hold up to 16 queries of 256 dims."""
+    return num_q % num_kv == 0 and num_q // num_kv <= 16 and head_dim <= 256
 
 
 def _is_bf16(tensor: torch.Tensor) -> int:

@@ -44,10 +44,10 @@ class FusedDecode:
 
     @staticmethod
     def fits(layers: list[DecoderLayer], dtype: torch.dtype) -> bool:
-        """Whether the kernels take this model: paged_attention's limits (as checked in cpu.py)."""
+        """Whether the kernels take this model: float32 or bf16, heads within paged_attention's limits."""
         first = layers[0]
-        return (dtype in (torch.float32, torch.bfloat16) and first.num_q % first.num_kv == 0
-                and first.num_q // first.num_kv <= 16 and first.config.head_dim <= 256)
+        return (dtype in (torch.float32, torch.bfloat16)
+                and cpu_kernels.paged_attention_fits(first.num_q, first.num_kv, first.config.head_dim))
 
     def covers(self, attn: AttentionInputs, rows: int) -> bool:
         return not attn.prefill_spans and attn.paged_rows == rows <= self.max_rows and attn.block_tables is not None

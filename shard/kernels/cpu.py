@@ -164,7 +164,7 @@ class CpuKernels:
 
     def paged_attention(self, q: torch.Tensor, num_q: int, k_cache: torch.Tensor, v_cache: torch.Tensor,
                         block_tables: torch.Tensor, lengths: torch.Tensor, block_size: int) -> torch.Tensor:
-        """Decode attention: row b of q (heads from column 0) against its `lengths[b]` cached positions.
+        """Row b of q (heads from column 0; a decode or a prompt token) against its `lengths[b]` cached positions.
 
         Caches [slots, num_kv, head_dim]; block_tables int32 [batch, max_blocks]; lengths int32 [batch]."""
         batch = q.shape[0]
@@ -191,7 +191,7 @@ class CpuKernels:
         return out
 
     def decode_layers(self, layers: ctypes.Array, step: DecodeStep, x: torch.Tensor, delta: torch.Tensor) -> None:
-        """Every decoder layer of a one-rank decode step in one call (cpu_decode.c): x (contiguous, the
+        """Every decoder layer of a one-rank step in one call (cpu_decode.c): x (contiguous, the
         embeddings) becomes the residual stream and delta the last layer's MLP output, both in place."""
         assert x.is_contiguous() and delta.is_contiguous() and x.shape == delta.shape
         self.library.decode_layers(layers, len(layers), ctypes.byref(step), x.data_ptr(), delta.data_ptr())

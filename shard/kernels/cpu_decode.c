@@ -1,4 +1,4 @@
-/* A whole decode step's decoder layers in one call and one OpenMP parallel region.
+/* A whole step's decoder layers in one call and one OpenMP parallel region.
  *
  * Called layer by layer from Python, a SmolLM2 step is ~300 calls (ten per layer) and as many parallel
  * regions; at batch 1 in bf16 the weights take ~10 ms to stream and the calls and region start-ups
@@ -6,8 +6,9 @@
  * worksharing loop of cpu_gemv.c / cpu_ops.c, the loop's barrier ordering it after the one before.
  * Each operation computes exactly what its per-call form does, so the logits are the same bits.
  *
- * Only for one rank (tensor parallelism all-reduces between operations, in Python) and decode rows
- * (one token per sequence, attending to its paged cache).
+ * Only for one rank (tensor parallelism all-reduces between operations, in Python) and rows that all
+ * attend through the paged cache (decode tokens, and prompt tokens of a step small enough for the GEMV
+ * kernels), each up to its own position.
  */
 #include <stdint.h>
 

@@ -3,8 +3,9 @@
 The layer-by-layer path makes ~10 Python-to-C calls per layer; at batch 1 in bf16 those calls cost
 about half as much again as streaming the weights. This runs the same kernels, in the same order, in
 one call: the logits are the same bits, only the Python between them is gone. It applies where every
-row is a decode token, there is one rank (no all-reduce between operations) and the batch is small
-enough for the GEMV kernels (larger batches go through torch's BLAS, layer by layer).
+row attends through the paged cache (decode tokens; with the kernel ops, prompt tokens too), there is
+one rank (no all-reduce between operations) and the step has few enough rows for the GEMV kernels
+(larger steps go through torch's BLAS, layer by layer).
 """
 
 from __future__ import annotations

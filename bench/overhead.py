@@ -50,7 +50,8 @@ def summarize(before: dict, after: dict) -> dict:
     under_1ms = next(n for le, n in cumulative if le >= 0.001) / count
     return {"tokens": int(count), "mean_ms": (after["sum"] - before["sum"]) / count * 1e3,
             "p50_ms_at_most": quantile(0.5) * 1e3, "p99_ms_at_most": quantile(0.99) * 1e3,
-            "share_under_1ms": under_1ms}
+            "share_under_1ms": under_1ms,
+            "share_at_most_ms": {f"{le * 1e3:g}": round(n / count, 4) for le, n in cumulative if le != float("inf")}}
 
 
 def main() -> None:

@@ -64,8 +64,7 @@ def _tokens(tokens: pb.Tokens) -> list[Token]:
 def _first_token(tokens: pb.Tokens) -> Token:
     """The generated token of a step (per token, half the cost of building the list _tokens makes)."""
     logprob = tokens.logprobs[0]
-    return Token(id=tokens.ids[0], text=tokens.texts[0], logprob=None if math.isnan(logprob) else logprob,
-                 special=tokens.is_special[0])
+    return Token(tokens.ids[0], tokens.texts[0], None if math.isnan(logprob) else logprob, tokens.is_special[0])
 
 
 class Batcher:
@@ -189,11 +188,13 @@ class Batcher:
             return False, None
         finally:
             self.call_started = None
+        received_at = time.monotonic()
+        # Tokens first, bookkeeping after: the metrics below are not what a client waits for.
+        handlers_woken = self._dispatch(response.generations, received_at)
         m.batch_inference_success.labels(method).inc()
-        m.batch_inference_duration.labels(method).observe(time.monotonic() - start)
+        m.batch_inference_duration.labels(method).observe(received_at - start)
         m.batch_forward_duration.labels(method).observe(response.forward_ns / 1e9)
         m.batch_decode_duration.labels(method).observe(response.decode_ns / 1e9)
-        handlers_woken = self._dispatch(response.generations, time.monotonic())
         self._observe_batch()
         if handlers_woken:
             # Let the handlers write the tokens queued for them before the next step starts: once it runs,
@@ -230,12 +231,12 @@ class Batcher:
             if entry.stream.cancelled:
                 continue
             event = TokenEvent(
-                index=entry.stream.tokens_sent + 1,
-                token=_first_token(generation.tokens),
-                top_tokens=[t for tokens in generation.top_tokens for t in _tokens(tokens)],
-                prefill=_tokens(generation.prefill_tokens) if generation.HasField("prefill_tokens") else [],
-                finished=finished,
-                received_at=received_at,
+                entry.stream.tokens_sent + 1,
+                _first_token(generation.tokens),
+                [t for tokens in generation.top_tokens for t in _tokens(tokens)] if generation.top_tokens else (),
+                _tokens(generation.prefill_tokens) if generation.HasField("prefill_tokens") else (),
+                finished,
+                received_at,
             )
             if entry.stream.send_token(event):
                 written_directly += 1

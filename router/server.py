@@ -17,7 +17,7 @@ from router.config import RouterConfig
 from router.metrics import Metrics
 from router.middleware import api_key_middleware, cors_middleware, cors_on_prepare
 from router.queue import Entry
-from router.responses import error_response, generate_body, sse_event, stream_event
+from router.responses import error_response, generate_body, sse_event, stream_event_bytes
 from router.schemas import GenerateRequest
 from router.shard_client import ShardClient, ShardError
 from router.sse import SseResponse, StreamFailedBeforeFirstByte, pump_events
@@ -269,7 +269,7 @@ class Router:
         sse = SseResponse(request)
         try:
             last = await pump_events(
-                sse, entry.stream, lambda e: sse_event(stream_event(valid, e)),
+                sse, entry.stream, lambda e: stream_event_bytes(valid, e),
                 lambda e: sse_event({"error": e.message, "error_type": e.error_type}), self.config.sse_ping_interval,
                 self.observe_token_overhead,
             )

@@ -21,6 +21,7 @@ def test_delta_counts_only_the_tokens_between_the_snapshots() -> None:
     assert got["p50_ms_at_most"] == pytest.approx(0.5)
     assert got["p99_ms_at_most"] == pytest.approx(5.0)
     assert got["share_under_1ms"] == pytest.approx(0.9)
+    assert got["share_at_most_ms"] == {"0.5": 0.6, "1": 0.9, "5": 0.99}
 
 
 def test_no_tokens_in_between() -> None:

@@ -191,6 +191,7 @@ class Batcher:
         received_at = time.monotonic()
         # Tokens first, bookkeeping after: the metrics below are not what a client waits for.
         handlers_woken = self._dispatch(response.generations, received_at)
+        m.flush_token_overheads()
         m.batch_inference_success.labels(method).inc()
         m.batch_inference_duration.labels(method).observe(received_at - start)
         m.batch_forward_duration.labels(method).observe(response.forward_ns / 1e9)
@@ -215,8 +216,9 @@ class Batcher:
         """Send each generation's token to its stream; returns how many went to a handler's queue."""
         now = self.last_progress = received_at
         queued = written_directly = 0
+        running = self.running
         for generation in generations:
-            entry = self.running.get(generation.request_id)
+            entry = running.get(generation.request_id)
             if entry is None:
                 continue
             if entry.first_token_at is None:
@@ -227,18 +229,19 @@ class Batcher:
                 finished = Finished(g.text, FINISH_REASONS.get(g.finish_reason, "length"), g.generated_tokens,
                                     g.seed if g.HasField("seed") else None)
                 entry.finished = finished
-                del self.running[entry.id]
-            if entry.stream.cancelled:
+                del running[entry.id]
+            stream = entry.stream
+            if stream.cancelled:
                 continue
             event = TokenEvent(
-                entry.stream.tokens_sent + 1,
+                stream.tokens_sent + 1,
                 _first_token(generation.tokens),
                 [t for tokens in generation.top_tokens for t in _tokens(tokens)] if generation.top_tokens else (),
                 _tokens(generation.prefill_tokens) if generation.HasField("prefill_tokens") else (),
                 finished,
                 received_at,
             )
-            if entry.stream.send_token(event):
+            if stream.send_token(event):
                 written_directly += 1
             else:
                 queued += 1

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 from prometheus_client.exposition import generate_latest
 
@@ -46,6 +48,8 @@ class Metrics:
                                 (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1))
         # ours: streamed tokens the batcher wrote to the client itself while the handler idled (router/sse.py);
         # the others went through the handler (first tokens, clients that lag)
+        # Overheads measured but not yet observed: see token_written.
+        self._pending_overheads: list[float] = []
         self.tokens_written_directly = Counter("tgi_py_router_tokens_written_directly",
                                                "Streamed tokens written without waking their handler", registry=r)
         self._counter_names = [m._name for m in (
@@ -56,7 +60,21 @@ class Metrics:
                    labels: list[str] | None = None) -> Histogram:
         return Histogram(name, doc, labels or [], buckets=buckets, registry=self.registry)
 
+    def token_written(self, received_at: float) -> None:
+        """A streamed token's bytes are written: its overhead is measured now and observed at the next
+        flush_token_overheads. The batcher flushes after each step's tokens are out, a scrape before it
+        reads, so nothing is lost; deferring keeps a histogram update (more than the write it measures)
+        from delaying the tokens still to be written in the same step."""
+        self._pending_overheads.append(time.monotonic() - received_at)
+
+    def flush_token_overheads(self) -> None:
+        pending, self._pending_overheads = self._pending_overheads, []
+        observe = self.token_overhead.observe
+        for seconds in pending:
+            observe(seconds)
+
     def render(self) -> bytes:
+        self.flush_token_overheads()
         text = generate_latest(self.registry).decode()
         for name in self._counter_names:
             text = text.replace(f"{name}_total", name)

@@ -218,7 +218,7 @@ class Router:
         return await self.handle(request, work)
 
     def observe_token_overhead(self, event: TokenEvent) -> None:
-        self.metrics.token_overhead.observe(time.monotonic() - event.received_at)
+        self.metrics.token_written(event.received_at)
 
     def record_success(self, valid: ValidRequest, entry: Entry, generated_tokens: int) -> None:
         m = self.metrics

@@ -169,6 +169,7 @@ class Batcher:
         for entry in entries:
             entry.batched_at = now
             self.running[entry.id] = entry
+            entry.stream.scheduled()
         batch = pb.Batch(id=batch_id, requests=[to_proto(e) for e in entries], size=len(entries),
                          max_tokens=sum(e.max_tokens for e in entries))
         return await self._step("prefill", self.client.prefill(batch, cached), entries)

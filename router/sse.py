@@ -14,7 +14,7 @@ from collections.abc import Callable
 from aiohttp import hdrs, web
 from aiohttp.http import HttpVersion11
 
-from router.stream import ErrorEvent, RequestStream, TokenEvent
+from router.stream import ErrorEvent, Event, RequestStream, Scheduled, TokenEvent
 
 PING = b": ping\n\n"
 # Tokens are written directly only while at most this much waits in the connection's write buffer
@@ -56,8 +56,7 @@ class SseResponse:
         self.request = request
         self.response: web.StreamResponse | None = None
         self.loop = asyncio.get_running_loop()
-        # The connection to write to directly, once the first payload went out: aiohttp sends the headers
-        # with it at the latest, so from then on body bytes may follow them on the transport.
+        # The connection to write to directly, once the response is open (its headers sent).
         self._transport: asyncio.Transport | None = None
         self._chunked = False
         # loop time of the last direct write: it counts as activity for the ping timer
@@ -67,16 +66,20 @@ class SseResponse:
     def started(self) -> bool:
         return self.response is not None
 
+    async def open(self) -> None:
+        """Start the response: aiohttp's StreamResponse puts the headers on the connection in prepare()
+        (its _send_headers_immediately), so from then on body bytes may follow them on the transport."""
+        self.response = web.StreamResponse(headers={
+            "Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no",
+        })
+        await self.response.prepare(self.request)
+        self._transport, self._chunked = direct_transport(self.request, self.response)
+
     async def write(self, payload: bytes) -> None:
         if self.response is None:
-            self.response = web.StreamResponse(headers={
-                "Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no",
-            })
-            await self.response.prepare(self.request)
-            await self.response.write(payload)
-            self._transport, self._chunked = direct_transport(self.request, self.response)
-        else:
-            await self.response.write(payload)
+            await self.open()
+        assert self.response is not None
+        await self.response.write(payload)
         transport = self._transport
         if transport is not None and transport.get_write_buffer_size() > DIRECT_WRITE_MAX_BUFFERED:
             # aiohttp waits for a drain by the bytes it wrote itself, and direct writes are not among them.
@@ -113,8 +116,10 @@ async def pump_events(
 ) -> TokenEvent | None:
     """Write every token event until the last one; ping while nothing comes. Returns the final event.
 
-    Headers wait for the first event or the first ping, whichever comes first: a failure before that
-    raises StreamFailedBeforeFirstByte (a real HTTP status); after it, it becomes one error event.
+    Headers wait for the request's prefill to be sent to the shards (SCHEDULED), the first event or the
+    first ping, whichever comes first: a failure before that (validation came earlier; a shutdown or a
+    failure of the queue) raises StreamFailedBeforeFirstByte, a real HTTP status; after it, it becomes one
+    error event, as TGI reports every streaming error.
     `render` is called once per token event, in order, whether the handler or the batcher writes it.
     """
 
@@ -130,6 +135,7 @@ async def pump_events(
             on_written(event)
         return True
 
+    stream.wants_scheduled = True
     while True:
         # A token already queued is taken at once: no timer, no extra trip through the event loop.
         event = stream.next_event_nowait()
@@ -142,6 +148,10 @@ async def pump_events(
             if event is None:
                 await sse.write(PING)
                 continue
+        if isinstance(event, Scheduled):
+            if not sse.started:
+                await sse.open()
+            continue
         if isinstance(event, ErrorEvent):
             if not sse.started:
                 raise StreamFailedBeforeFirstByte(event)
@@ -156,7 +166,7 @@ async def pump_events(
             return event
 
 
-async def _next_event(stream: RequestStream, sse: SseResponse, ping_interval: float) -> TokenEvent | ErrorEvent | None:
+async def _next_event(stream: RequestStream, sse: SseResponse, ping_interval: float) -> Event | None:
     """The next queued event, or None once ping_interval passed with nothing written (time to ping)."""
     quiet_since = sse.loop.time()
     while True:

@@ -47,7 +47,14 @@ class ErrorEvent:
     error_type: str  # generation | incomplete_generation | ...
 
 
-Event = TokenEvent | ErrorEvent
+@dataclass(frozen=True)
+class Scheduled:
+    """The request's prefill was sent to the shards: a streaming handler opens its response now."""
+
+
+SCHEDULED = Scheduled()
+
+Event = TokenEvent | ErrorEvent | Scheduled
 
 
 class RequestStream:
@@ -64,6 +71,8 @@ class RequestStream:
         self.write_directly: Callable[[TokenEvent], bool] | None = None
         # The last token event is on the wire already: its handler only ends the response.
         self.last_written_directly = False
+        # Set by a streaming handler: it wants a SCHEDULED event when the request's prefill is sent.
+        self.wants_scheduled = False
 
     def send_token(self, event: TokenEvent) -> bool:
         """Hand `event` to the handler; True when it was written to the client directly (then the handler
@@ -82,6 +91,13 @@ class RequestStream:
             self.last_written_directly = written
         self._events.put_nowait(event)
         return written
+
+    def scheduled(self) -> None:
+        """The batcher sent the request's prefill. A streaming handler opens its response (the headers go
+        out) while the shard computes, so that the first token, like every other, finds it open and can
+        be written directly."""
+        if self.wants_scheduled and not self.done and not self.cancelled:
+            self._events.put_nowait(SCHEDULED)
 
     def send_error(self, message: str, error_type: str = "generation") -> None:
         self.done = True

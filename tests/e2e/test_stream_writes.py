@@ -89,9 +89,9 @@ def test_a_stream_is_exact_http11_chunks_one_event_each_and_the_connection_stays
         assert rest == b""  # nothing after the terminator
         events = token_events(chunks)  # aiohttp writes one event a chunk: so do direct writes
         assert_whole_stream(events, 40)
-        # Every token but the first (it carries the headers) was written by the batcher itself; the last
-        # one's handler only ends the response.
-        assert written_directly(server) - before == 39
+        # Every token was written by the batcher itself: the handler sent the headers while the prefill
+        # ran, and the last token's handler only ends the response.
+        assert written_directly(server) - before == 40
         # The response was ended correctly: the same connection serves the next request.
         data = json.dumps({"inputs": "Hi", "parameters": {"max_new_tokens": 3}}).encode()
         sock.sendall(b"POST /generate_stream HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
@@ -124,7 +124,7 @@ def test_a_chat_stream_is_exact_chunks_ending_with_done_and_its_tokens_are_writt
     assert len(events) == 20
     assert events[0]["choices"][0]["delta"]["role"] == "assistant"
     assert [e["choices"][0]["finish_reason"] for e in events] == [None] * 19 + ["length"]
-    assert written_directly(server) - before == 19
+    assert written_directly(server) - before == 20
 
 
 def test_an_http10_client_gets_the_stream_unchunked_until_the_connection_closes(server: LaunchedServer) -> None:
@@ -142,7 +142,7 @@ def test_an_http10_client_gets_the_stream_unchunked_until_the_connection_closes(
     assert b"Transfer-Encoding" not in head
     assert body.endswith(b"\n\n")
     assert_whole_stream(token_events([event + b"\n\n" for event in body.split(b"\n\n")[:-1]]), 30)
-    assert written_directly(server) - before == 29
+    assert written_directly(server) - before == 30
 
 
 def test_a_client_that_stops_reading_still_gets_every_token_in_order(server: LaunchedServer) -> None:

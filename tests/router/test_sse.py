@@ -18,7 +18,7 @@ from aiohttp import web
 
 from router.responses import sse_event, stream_event
 from router.sse import DIRECT_WRITE_MAX_BUFFERED, SseResponse, pump_events
-from router.stream import Finished, RequestStream, Token, TokenEvent
+from router.stream import ErrorEvent, Finished, RequestStream, Token, TokenEvent
 from router.types import SamplingParameters, StoppingParameters, ValidRequest
 
 VALID = ValidRequest(inputs="x", input_ids=(1, 2), sampling=SamplingParameters(),
@@ -330,3 +330,49 @@ async def test_a_closing_connection_is_never_written_to_directly(make_server) ->
     await asyncio.wait([opened.ended], timeout=10)
     assert opened.ended.done()
     sock.close()
+
+
+async def test_a_scheduled_request_gets_its_headers_before_any_token_and_every_token_written_directly(
+        make_server) -> None:
+    server = await make_server()
+    sock = await connect(server)
+    opened = await server.opened.get()
+    opened.stream.scheduled()  # the batcher sent the prefill
+    head = await read_until(sock, b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n") and b"Content-Type: text/event-stream" in head
+    await until_idle(opened)
+    events = token_events(4)
+    written = []
+    for event in events:
+        written.append(opened.stream.send_token(event))
+        if event.finished is None:
+            await until_idle(opened)
+    assert written == [True] * 4
+    body = await read_until(sock, b"0\r\n\r\n")
+    assert dechunk(body) == [render(e) for e in events]
+    assert (await opened.ended).finished is not None
+    sock.close()
+
+
+async def test_an_error_after_the_request_was_scheduled_is_an_event_of_an_open_stream(make_server) -> None:
+    server = await make_server()
+    sock = await connect(server)
+    opened = await server.opened.get()
+    opened.stream.scheduled()
+    await until_idle(opened)
+    opened.stream.send_error("Request failed during generation: boom", "generation")
+    raw = await read_until(sock, b"0\r\n\r\n")
+    assert raw.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert await opened.ended is None  # pump_events wrote the error as an event and returned
+    sock.close()
+
+
+async def test_scheduled_is_not_queued_for_a_non_streaming_consumer_or_a_finished_request() -> None:
+    stream = RequestStream()
+    stream.scheduled()  # nobody asked for it: a non-streaming handler only reads token events
+    assert stream.next_event_nowait() is None
+    stream.wants_scheduled = True
+    stream.send_error("gone", "generation")
+    stream.scheduled()
+    assert isinstance(stream.next_event_nowait(), ErrorEvent)
+    assert stream.next_event_nowait() is None

@@ -25,11 +25,18 @@ run() {  # name url api
   .venv/bin/tgi-bench --target "$1=$2,api=$3" --concurrency "$LEVELS" --output-tokens "$TOKENS" \
       --prompt-tokens "$PROMPT" --prompt-template chatml --no-progress --output "$OUT/$1.json" | tee "$OUT/$1.txt"
 }
-overhead_at_32() {  # name url: the router's per-token overhead over a separate 32-stream run
-  .venv/bin/python -m bench.overhead snapshot "$2" > "$OUT/$1-overhead-before.json"
-  .venv/bin/tgi-bench --target "$1-32=$2,api=tgi" --concurrency 32 --output-tokens "$TOKENS" \
-      --prompt-tokens "$PROMPT" --prompt-template chatml --no-progress > /dev/null
-  .venv/bin/python -m bench.overhead delta "$2" "$OUT/$1-overhead-before.json" | tee "$OUT/$1-overhead-32.json"
+overhead_at_32() {  # name url: the router's per-token overhead over two separate 32-stream runs
+  # The load generator shares the 2 cores with the server: first at normal priority, then as SCHED_BATCH
+  # (`chrt -b 0`: same CPU share, but its wake-ups on each token no longer preempt the router mid-step,
+  # as a client on another machine never would).
+  for mode in normal sched-batch; do
+    local client=()
+    [ "$mode" = sched-batch ] && client=(chrt -b 0)
+    .venv/bin/python -m bench.overhead snapshot "$2" > "$OUT/$1-overhead-before.json"
+    "${client[@]}" .venv/bin/tgi-bench --target "$1-32=$2,api=tgi" --concurrency 32 --output-tokens "$TOKENS" \
+        --prompt-tokens "$PROMPT" --prompt-template chatml --no-progress > /dev/null
+    .venv/bin/python -m bench.overhead delta "$2" "$OUT/$1-overhead-before.json" | tee "$OUT/$1-overhead-32-$mode.json"
+  done
 }
 .venv/bin/tgi-launch --port 3101 --shard-uds-path /tmp/cmp-f32 --master-port 29611 --max-concurrent-requests 64 \
     --max-input-tokens 1024 --max-total-tokens 1536 > "$OUT/tgi-py-fp32.log" 2>&1 & pids+=($!)

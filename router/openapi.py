@@ -266,7 +266,8 @@ ERROR_DESCRIPTIONS = {
     "401": "missing or wrong API key (`unauthorized`); only when the server runs with --api-key",
     "413": "the body is larger than --payload-limit",
     "422": "the request breaks a validation rule (`validation`) or the chat template failed (`template_error`)",
-    "424": "the shard failed during generation (`generation`)",
+    "424": "the shard failed during generation (`generation`); a stream, open from its prefill on, reports "
+           "it as an error event instead",
     "429": "--max-concurrent-requests reached (`overloaded`); retry after `Retry-After` seconds",
     "500": "the generation ended without a final token (`incomplete_generation`)",
     "503": "the server is shutting down (`unavailable`); retry after `Retry-After` seconds, elsewhere",

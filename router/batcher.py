@@ -202,9 +202,10 @@ class Batcher:
             # Let the handlers write the tokens queued for them before the next step starts: once it runs,
             # the shard's threads hold the CPUs and the writes would wait for a time slice (on 2 cores
             # that made the router's share of a token 2-3 ms at 32 streams). Tokens written directly
-            # in _dispatch are on the wire already; only first tokens, and those of clients that lag,
-            # come this way (a last token written directly wakes its handler only to end the response,
-            # which may wait for the next shard call's await).
+            # in _dispatch are on the wire already; only those of clients that lag, of non-streaming
+            # requests, and of streams whose handler had not opened its response yet come this way (a last
+            # token written directly wakes its handler only to end the response, which may wait for the
+            # next shard call's await).
             await asyncio.sleep(0)
         return True, response.batch if response.HasField("batch") else None
 

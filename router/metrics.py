@@ -46,10 +46,10 @@ class Metrics:
         # ours: from the router receiving a token from the shard to its SSE bytes being written
         self.token_overhead = h("tgi_py_router_token_overhead", "Shard response received -> SSE write done",
                                 (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1))
-        # ours: streamed tokens the batcher wrote to the client itself while the handler idled (router/sse.py);
-        # the others went through the handler (first tokens, clients that lag)
         # Overheads measured but not yet observed: see token_written.
         self._pending_overheads: list[float] = []
+        # ours: streamed tokens the batcher wrote to the client itself while the handler idled (router/sse.py);
+        # the others went through the handler (clients that lag, a response not yet open)
         self.tokens_written_directly = Counter("tgi_py_router_tokens_written_directly",
                                                "Streamed tokens written without waking their handler", registry=r)
         self._counter_names = [m._name for m in (

@@ -139,7 +139,7 @@ INLINE void f32_row(const float *x, const float *w, const float *bias, float *y,
 }
 
 void gemv_f32_team(const float *x, const float *w, const float *bias, float *y, int B, int N, int K) {
-  if (B <= ROWS_MAX_B) {
+  if (B >= 1 && B <= ROWS_MAX_B) { /* no input rows (a prompt chunk that wants no logits): the blocks do nothing */
     GEMV_ROWS(float, f32_row)
   } else {
     GEMV_BLOCKS(float, f32_block)
@@ -234,7 +234,7 @@ INLINE void bf16_row(const uint16_t *x, const uint16_t *w, const uint16_t *bias,
 }
 
 void gemv_bf16_team(const uint16_t *x, const uint16_t *w, const uint16_t *bias, uint16_t *y, int B, int N, int K) {
-  if (B <= ROWS_MAX_B) {
+  if (B >= 1 && B <= ROWS_MAX_B) { /* no input rows (a prompt chunk that wants no logits): the blocks do nothing */
     GEMV_ROWS(uint16_t, bf16_row)
   } else {
     GEMV_BLOCKS(uint16_t, bf16_block)

@@ -59,6 +59,13 @@ def test_linear_matches_torch(kernels: cpu.CpuKernels, dtype: torch.dtype, rows:
         assert_close(kernels.linear(x, w, bias), want, dtype, steps=4 if dtype == torch.bfloat16 else 64)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_linear_of_no_rows_is_empty(kernels: cpu.CpuKernels, dtype: torch.dtype) -> None:
+    # a prompt chunk that wants no logits multiplies zero rows by the head
+    out = kernels.linear(torch.empty(0, 576, dtype=dtype), torch.randn(64, 576).to(dtype))
+    assert out.shape == (0, 64)
+
+
 def test_linear_refuses_mismatched_shapes_and_dtypes(kernels: cpu.CpuKernels) -> None:
     with pytest.raises(ValueError):
         kernels.linear(torch.randn(2, 8), torch.randn(4, 9))

@@ -100,12 +100,13 @@ INLINE void f32_block(const float *x, const float *w, const float *bias, float *
     }                                                                            \
   }
 
-/* Up to XB input rows (a constant per call, so the accumulators stay in registers): each thread reads its contiguous share of weight rows one row after the other,
- * start to end, so the whole share is one sequential stream the hardware prefetcher follows across rows
- * and pages (the blocks above read ROWS rows side by side: ROWS short streams it does not ramp up on). A
- * SmolLM2 step's 121 matrices at batch 1 in bf16: 13 -> 8-10 ms in a C microbenchmark (20 -> 26-33 GB/s).
- * Past XB input rows the blocks win again: they load each weight once for XB inputs and each input once
- * for ROWS weight rows, and the step is no longer bound by the weights' bandwidth. */
+/* Up to XB input rows (a constant per call, so that the accumulators stay in registers): each thread reads
+ * its contiguous share of weight rows one row after the other, start to end, so the whole share is one
+ * sequential stream the hardware prefetcher follows across rows and pages (the blocks above read ROWS
+ * rows side by side: ROWS short streams it does not ramp up on). A SmolLM2 step's 121 matrices at batch 1
+ * in bf16: 13 -> 8-11 ms in a C microbenchmark (20 -> 25-33 GB/s). Past XB input rows the blocks win
+ * again: they load each weight once for XB inputs and each input once for ROWS weight rows, and the step
+ * is no longer bound by the weights' bandwidth. */
 #define GEMV_ROWS(T, ROW)                                                        \
   _Pragma("omp for schedule(static)")                                            \
   for (int n = 0; n < N; n++) {                                                  \
@@ -139,7 +140,8 @@ INLINE void f32_row(const float *x, const float *w, const float *bias, float *y,
 }
 
 void gemv_f32_team(const float *x, const float *w, const float *bias, float *y, int B, int N, int K) {
-  if (B >= 1 && B <= ROWS_MAX_B) { /* no input rows (a prompt chunk that wants no logits): the blocks do nothing */
+  /* B == 0 (a prompt chunk that wants no logits) takes the blocks, which do nothing */
+  if (B >= 1 && B <= ROWS_MAX_B) {
     GEMV_ROWS(float, f32_row)
   } else {
     GEMV_BLOCKS(float, f32_block)
@@ -234,7 +236,8 @@ INLINE void bf16_row(const uint16_t *x, const uint16_t *w, const uint16_t *bias,
 }
 
 void gemv_bf16_team(const uint16_t *x, const uint16_t *w, const uint16_t *bias, uint16_t *y, int B, int N, int K) {
-  if (B >= 1 && B <= ROWS_MAX_B) { /* no input rows (a prompt chunk that wants no logits): the blocks do nothing */
+  /* B == 0 (a prompt chunk that wants no logits) takes the blocks, which do nothing */
+  if (B >= 1 && B <= ROWS_MAX_B) {
     GEMV_ROWS(uint16_t, bf16_row)
   } else {
     GEMV_BLOCKS(uint16_t, bf16_block)

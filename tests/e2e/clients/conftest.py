@@ -11,7 +11,7 @@ from tests.e2e.server import LaunchedServer, launch
 
 @pytest.fixture(scope="module")
 def server(tiny_llama: Path) -> Iterator[LaunchedServer]:
-    """One server per client module: 2 slots, 256 input tokens, 1024 total."""
+    """One server per client module: 2 slots, 256 input tokens, 8192 total."""
     s = launch(tiny_llama, *SERVER_FLAGS)
     yield s
     assert s.stop() == 0, s.log()

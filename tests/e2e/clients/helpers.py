@@ -17,9 +17,12 @@ from tests.model_factory import CHAT_TEMPLATE
 
 # Every client module runs against a server launched with these flags (2 slots, so that two held
 # streams make a third request overloaded).
-SERVER_FLAGS = ("--max-concurrent-requests", "2", "--max-input-tokens", "256", "--max-total-tokens", "1024")
+SERVER_FLAGS = ("--max-concurrent-requests", "2", "--max-input-tokens", "256", "--max-total-tokens", "8192")
 MAX_INPUT_TOKENS = 256
-HOLD_TOKENS = 900  # long enough to stay running for the whole of a test, short of --max-total-tokens
+# Long enough to stay running for the whole of a test, short of --max-total-tokens. Every stream that
+# holds a slot is ended by its test: 900 tokens of the tiny model (~2 s) once ran out before a CI test
+# had started its second stream.
+HOLD_TOKENS = 7900
 SHORT = {"inputs": "Hello world", "parameters": {"max_new_tokens": 3}}
 PROMPT = "What is Deep Learning?"
 MESSAGES = [{"role": "user", "content": PROMPT}]

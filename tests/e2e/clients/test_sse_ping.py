@@ -43,7 +43,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:The `dict` method is deprecated"
 @pytest.fixture(scope="module")
 def server(tiny_llama: Path) -> Iterator[LaunchedServer]:
     s = launch(tiny_llama, "--max-concurrent-requests", "8", "--max-input-tokens", "256",
-               "--max-total-tokens", "1024", "--max-batch-size", "1", "--sse-ping-interval", str(PING_INTERVAL))
+               "--max-total-tokens", "8192", "--max-batch-size", "1", "--sse-ping-interval", str(PING_INTERVAL))
     yield s
     assert s.stop() == 0, s.log()
 

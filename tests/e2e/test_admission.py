@@ -13,14 +13,15 @@ import requests
 
 from tests.e2e.server import LaunchedServer, launch, raw_post, read_until
 
-LONG = {"inputs": "Hello world", "parameters": {"max_new_tokens": 1500}}
+# Long enough never to finish during a test (each test ends it), short of --max-total-tokens.
+LONG = {"inputs": "Hello world", "parameters": {"max_new_tokens": 7900}}
 SHORT = {"inputs": "Hello world", "parameters": {"max_new_tokens": 3}}
 
 
 @pytest.fixture(scope="module")
 def small_server(tiny_llama: Path) -> Iterator[LaunchedServer]:
     s = launch(tiny_llama, "--max-concurrent-requests", "2", "--max-input-tokens", "64",
-               "--max-total-tokens", "2048")
+               "--max-total-tokens", "8192")
     yield s
     assert s.stop() == 0, s.log()
 
@@ -80,7 +81,7 @@ def test_disconnected_blocking_requests_leave_the_batch(small_server: LaunchedSe
     for c in clients:
         c.close()
     assert wait_admits(small_server, 2, within=2.0) == [200, 200]
-    # The abandoned 1500-token requests were dropped from the batch, not left running to the end.
+    # The abandoned long requests were dropped from the batch, not left running to the end.
     metrics = requests.get(small_server.url + "/metrics", timeout=10).text
     assert "tgi_batch_current_size 0.0" in metrics or "tgi_batch_current_size 0\n" in metrics
     assert 'tgi_request_failure{err="dropped"}' in metrics

@@ -16,7 +16,7 @@ from tests.e2e.server import LaunchedServer, launch, raw_post, read_until
 def one_at_a_time(tiny_llama: Path) -> Iterator[LaunchedServer]:
     """A batch of one: a second request waits in the queue for as long as the first runs."""
     s = launch(tiny_llama, "--max-batch-size", "1", "--sse-ping-interval", "0.2", "--max-input-tokens", "64",
-               "--max-total-tokens", "2048")
+               "--max-total-tokens", "8192")
     yield s
     assert s.stop() == 0, s.log()
 
@@ -29,7 +29,7 @@ def one_at_a_time(tiny_llama: Path) -> Iterator[LaunchedServer]:
 ])
 def test_a_queued_stream_gets_comment_pings_then_its_tokens(one_at_a_time: LaunchedServer, route: str,
                                                             body: dict) -> None:
-    blocker = raw_post(one_at_a_time, "/generate_stream", {"inputs": "Hi", "parameters": {"max_new_tokens": 1500}})
+    blocker = raw_post(one_at_a_time, "/generate_stream", {"inputs": "Hi", "parameters": {"max_new_tokens": 7900}})
     try:
         read_until(blocker, b"data:")
         waiting = raw_post(one_at_a_time, route, body)

@@ -14,9 +14,6 @@
 #define ROWS 8 /* weight rows per block: 8 x XB accumulators fill the 32 AVX-512 registers */
 #endif
 #define XB 4   /* input rows per block; GEMV_ROWS below is written out for 1..4 */
-#ifndef ROWS_MAX_B
-#define ROWS_MAX_B XB /* up to this many input rows, the row-sequential kernel (GEMV_ROWS) */
-#endif
 
 #include "bf16.h"
 
@@ -141,7 +138,7 @@ INLINE void f32_row(const float *x, const float *w, const float *bias, float *y,
 
 void gemv_f32_team(const float *x, const float *w, const float *bias, float *y, int B, int N, int K) {
   /* B == 0 (a prompt chunk that wants no logits) takes the blocks, which do nothing */
-  if (B >= 1 && B <= ROWS_MAX_B) {
+  if (B >= 1 && B <= XB) {
     GEMV_ROWS(float, f32_row)
   } else {
     GEMV_BLOCKS(float, f32_block)
@@ -237,7 +234,7 @@ INLINE void bf16_row(const uint16_t *x, const uint16_t *w, const uint16_t *bias,
 
 void gemv_bf16_team(const uint16_t *x, const uint16_t *w, const uint16_t *bias, uint16_t *y, int B, int N, int K) {
   /* B == 0 (a prompt chunk that wants no logits) takes the blocks, which do nothing */
-  if (B >= 1 && B <= ROWS_MAX_B) {
+  if (B >= 1 && B <= XB) {
     GEMV_ROWS(uint16_t, bf16_row)
   } else {
     GEMV_BLOCKS(uint16_t, bf16_block)

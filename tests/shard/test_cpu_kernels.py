@@ -102,17 +102,20 @@ def test_rms_norm_silu_mul_and_rotation_match_the_torch_ops(kernels: cpu.CpuKern
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("num_q,num_kv,head_dim", [(9, 3, 64), (4, 4, 32), (8, 2, 128), (6, 1, 24)])
+# SIMD specialisations (head_dim 64 or 128, 1-4 queries per KV head) and the generic loop (the others;
+# 16 queries of 300 positions also overflow its stack buffer for scores)
+@pytest.mark.parametrize("num_q,num_kv,head_dim", [(9, 3, 64), (4, 4, 64), (6, 3, 128), (8, 2, 128), (4, 4, 32),
+                                                   (6, 1, 24), (16, 1, 32)])
 def test_paged_attention_matches_gathered_attention(kernels: cpu.CpuKernels, dtype: torch.dtype, num_q: int,
                                                     num_kv: int, head_dim: int) -> None:
     torch.manual_seed(num_q + head_dim)
-    block_size, num_blocks = 4, 40
+    block_size, num_blocks = 4, 100
     k_cache = torch.randn(num_blocks * block_size, num_kv, head_dim).to(dtype)
     v_cache = torch.randn(num_blocks * block_size, num_kv, head_dim).to(dtype)
-    lengths = [1, 13, 37, 4]
+    lengths = [1, 13, 37, 4, 300]
     # scattered, non-contiguous blocks per sequence, as the allocator hands them out after churn
     order = torch.randperm(num_blocks).tolist()
-    tables = [order[0:1], order[1:5], order[5:15], order[15:16]]
+    tables = [order[0:1], order[1:5], order[5:15], order[15:16], order[16:91]]
     q = torch.randn(len(lengths), num_q, head_dim).to(dtype)
     attn = AttentionInputs(torch.zeros(0, dtype=torch.long), paged_rows=len(lengths), block_size=block_size)
     attn.context_slots, attn.context_mask = context_slots(tables, lengths, block_size, torch.device("cpu"))

@@ -7,8 +7,8 @@ steps of the whole batch through Engine.decode (forward, sampling, detokenizatio
 shard does per step but gRPC). `--paths` picks the code paths to run side by side: `fused` (the
 default: the CPU kernels, a one-rank decode step's layers in one C call), `layers` (the same kernels
 called layer by layer from Python) and `torch` (kernels off, TGI_PY_CPU_KERNELS=0). Prints one line
-per configuration, and the memory read bandwidth measured in the same run, so that batch-1 results
-read as a fraction of it.
+per configuration with the memory read bandwidth read just before it, so that batch-1 results read as
+a fraction of what the machine gave at that moment (it moves by half within minutes here).
 """
 
 from __future__ import annotations
@@ -81,18 +81,21 @@ def main() -> None:
         args.model_dir = ensure_embedded_model(default_cache_dir()).path
     gbs = read_bandwidth_gbs(args.membw_mb)
     print(f"memory read bandwidth: {gbs:.1f} GB/s (torch.sum over {args.membw_mb} MiB, "
-          f"{torch.get_num_threads()} threads)")
+          f"{torch.get_num_threads()} threads); each line's own reading is taken just before it")
     print(f"{'dtype':9} {'path':8} {'batch':>5} {'ms/step p50':>11} {'tok/s':>7} {'weight GB/s':>11} "
-          f"{'of membw':>8}")
+          f"{'membw GB/s':>10} {'of membw':>8}")
     for dtype in args.dtype.split(","):
         for path in args.paths.split(","):
             engine = build(args.model_dir, dtype, path)
             for batch in (int(b) for b in args.batch.split(",")):
                 measure(engine, batch, args.prompt_tokens, 4)  # warm the allocator and the caches
+                # This machine's bandwidth moves by half within minutes: the share is against a reading
+                # taken seconds before the steps it is compared with.
+                gbs = read_bandwidth_gbs(args.membw_mb)
                 p50 = statistics.median(measure(engine, batch, args.prompt_tokens, args.steps))
                 weight_gbs = engine.weight_bytes / p50 / 1e9
                 print(f"{dtype:9} {path:8} {batch:5d} {p50 * 1e3:11.1f} {batch / p50:7.1f} "
-                      f"{weight_gbs:11.1f} {weight_gbs / gbs:8.0%}")
+                      f"{weight_gbs:11.1f} {gbs:10.1f} {weight_gbs / gbs:8.0%}")
 
 
 if __name__ == "__main__":

@@ -31,8 +31,12 @@ def test_engine_step_prints_each_path_and_batch_with_consistent_numbers(model_di
     assert [(r[0], r[1], r[2]) for r in rows] == [
         (dtype, path, batch) for dtype in ("float32", "bfloat16") for path in ("fused", "layers", "torch")
         for batch in ("1", "3")]
-    for _, _, batch, ms, tok_s, weight_gbs, share in rows:
-        assert float(ms) > 0 and float(weight_gbs) > 0 and share.endswith("%")
+    for _, _, batch, ms, tok_s, weight_gbs, membw_gbs, share in rows:
+        assert float(ms) > 0 and float(weight_gbs) > 0 and float(membw_gbs) > 0 and share.endswith("%")
+        # the share is the weights' bandwidth over the reading printed next to it, up to the printed rounding
+        weight, membw = float(weight_gbs), float(membw_gbs)
+        rounding = 100 * (0.05 / membw + 0.05 * weight / membw ** 2) + 0.5
+        assert abs(weight / membw * 100 - float(share[:-1])) <= rounding
         # tokens/s is the batch over the step time, printed to 0.1 ms
         slowest, fastest = (int(batch) / (max(float(ms) + d, 1e-3) / 1e3) for d in (0.05, -0.05))
         assert slowest - 0.05 <= float(tok_s) <= fastest + 0.05

@@ -13,6 +13,7 @@ import torch
 
 from shard.distributed import Distributed, split_range
 from shard.kv_cache import KVCache
+from shard.models import weight_arena
 from shard.models.config import ModelConfig
 from shard.models.fused_decode import FusedDecode
 from shard.models.layers import Linear, Rotary, VocabParallelEmbedding, VocabParallelHead
@@ -129,6 +130,11 @@ class DecoderLayer:
         self.input_norm = weights.get(f"{prefix}.input_layernorm.weight")
         self.post_norm = weights.get(f"{prefix}.post_attention_layernorm.weight")
 
+    def decode_weights(self) -> list[torch.Tensor | None]:
+        """The layer's tensors in the order a decode step reads them."""
+        return [self.input_norm, self.qkv.weight, self.qkv.bias, self.o_proj.weight, self.o_proj.bias,
+                self.post_norm, self.gate_up.weight, self.gate_up.bias, self.down.weight, self.down.bias]
+
     def _rank0_bias(self, weights: Weights, name: str) -> torch.Tensor | None:
         # A row-parallel bias is added once, before the all-reduce sums the ranks.
         if self.dist.rank != 0 or not weights.has(name):
@@ -188,6 +194,10 @@ class LlamaModel:
             head = weights.get_rows("lm_head.weight", *part.vocab)
         self.lm_head = VocabParallelHead(head, part.vocab_rows_padded, config.vocab_size, dist)
         self.rotary = Rotary(config.head_dim, config.rope_theta, config.rope_scaling, self.device)
+        self.weight_arena: torch.Tensor | None = None
+        if self.device.type == "cpu":
+            self.weight_arena = weight_arena.pack(
+                [t for layer in self.layers for t in layer.decode_weights()] + [self.norm, self.lm_head.linear.weight])
         # Decode steps of one rank run all layers in one C call; None: layer by layer (also settable,
         # for comparisons).
         self.fused_decode: FusedDecode | None = None

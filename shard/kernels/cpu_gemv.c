@@ -12,7 +12,7 @@
 
 #ifndef ROWS
 /* weight rows per block: 6 x XB accumulators, XB inputs and a weight vector fit the 32 AVX-512 registers
- * (8 rows spilled accumulators: SmolLM2 bf16 at 32 rows 38-50 -> 31-36 ms per step's matrices) */
+ * (with 8 rows the compiler spilled accumulators to the stack inside the k loop) */
 #define ROWS 6
 #endif
 #define XB 4   /* input rows per block; GEMV_ROWS below is written out for 1..4 */
@@ -61,7 +61,7 @@ INLINE void block_sums(__m512 acc[ROWS][XB], float *sums) {
 }
 #endif
 
-/* The hardware prefetcher does not ramp up on rows of ~1-2 KB read eight at a time; fetching the next
+/* The hardware prefetcher does not ramp up on rows of ~1-2 KB read ROWS at a time; fetching the next
  * block's lines while this block is multiplied does (bf16 batch 1: 13.5 -> 11.5 ms per SmolLM2 step). A
  * block is ROWS whole rows, contiguous: iteration i of the k loop asks for its i-th ROWS lines. */
 INLINE void prefetch_next_block(const void *block_end, int iteration) {
@@ -97,6 +97,7 @@ INLINE void f32_block(const float *x, const float *w, const float *bias, float *
       for (int t = k; t < K; t++) s += x[(int64_t)j * K + t] * w[(int64_t)r * K + t];
       y[(int64_t)j * N + n0 + r] = s + (bias ? bias[n0 + r] : 0.f);
     }
+#undef F32_SUM
 }
 
 /* Each thread of the enclosing team takes whole blocks of ROWS weight rows (static schedule: contiguous
@@ -215,6 +216,7 @@ INLINE void bf16_block(const uint16_t *x, const uint16_t *w, const uint16_t *bia
       for (int t = k; t < K; t++) s += bf16_to_f32(x[(int64_t)j * K + t]) * bf16_to_f32(w[(int64_t)r * K + t]);
       y[(int64_t)j * N + n0 + r] = f32_to_bf16(s + (bias ? bf16_to_f32(bias[n0 + r]) : 0.f));
     }
+#undef BF16_SUM
 }
 
 INLINE void bf16_row(const uint16_t *x, const uint16_t *w, const uint16_t *bias, uint16_t *y, int nb, int n, int N,

@@ -194,6 +194,7 @@ class LlamaModel:
             head = weights.get_rows("lm_head.weight", *part.vocab)
         self.lm_head = VocabParallelHead(head, part.vocab_rows_padded, config.vocab_size, dist)
         self.rotary = Rotary(config.head_dim, config.rope_theta, config.rope_scaling, self.device)
+        # A CPU decode step streams all of these: one buffer, in the order it reads them, reads faster.
         self.weight_arena: torch.Tensor | None = None
         if self.device.type == "cpu":
             self.weight_arena = weight_arena.pack(

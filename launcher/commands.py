@@ -58,6 +58,7 @@ def shard_command(
     dtype: str,
     kv_cache_bytes: int,
     trust_remote_code: bool = False,
+    json_output: bool = False,
 ) -> list[str]:
     argv = [
         sys.executable, "-m", "shard.cli",
@@ -68,6 +69,8 @@ def shard_command(
     ]  # fmt: skip
     if trust_remote_code:
         argv.append("--trust-remote-code")
+    if json_output:
+        argv.append("--json-output")
     return argv
 
 
@@ -127,7 +130,7 @@ def plan_launch(
 
     Extra environment goes to the children only (secrets such as the API key stay out of argv, where
     every user could read them with `ps`)."""
-    command = shard_command(model_dir, uds_path, dtype, kv_cache_bytes, trust_remote_code)
+    command = shard_command(model_dir, uds_path, dtype, kv_cache_bytes, trust_remote_code, json_output)
     pythonpath = project_pythonpath()
     # --num-shard is the whole world; this node runs its share, ranks node_rank * local .. + local - 1.
     local = num_shard // nnodes

@@ -14,6 +14,7 @@ from pathlib import Path
 import grpc
 import torch
 
+from router.logs import setup_logging
 from shard.detokenize import special_token_ids
 from shard.distributed import Distributed
 from shard.engine import Engine
@@ -40,6 +41,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--kv-cache-bytes", type=int, default=2 << 30)
     parser.add_argument("--block-size", type=int, default=16)
     parser.add_argument("--trust-remote-code", action="store_true")
+    parser.add_argument("--json-output", action="store_true", help="Log JSON lines instead of text.")
     parser.add_argument("--prefill-chunk-tokens", type=int, default=int(os.environ.get("PREFILL_CHUNK_TOKENS", 256)),
                         help="prompt tokens fed per step while other requests decode (chunked prefill)")
     return parser.parse_args(argv)
@@ -142,9 +144,10 @@ async def serve(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    asyncio.run(serve(parse_args(argv)))
+    args = parse_args(argv)
+    # The router's formats (router/logs.py imports nothing but the standard library): one log stream.
+    setup_logging(args.json_output, os.environ.get("LOG_LEVEL", "INFO"))
+    asyncio.run(serve(args))
 
 
 if __name__ == "__main__":

@@ -91,9 +91,12 @@ class TextGenerationService(pb_grpc.TextGenerationServiceServicer):
         bandwidth = self.engine.weight_bytes / (result.forward_ns / 1e9) / 1e9 if result.forward_ns else 0.0
         message = "%s batch=%d step=%.1fms forward=%.1fms weights=%.1fGB/s"
         args = (method, size, seconds * 1e3, result.forward_ns / 1e6, bandwidth)
+        # The same figures as fields, for --json-output
+        fields = {"method": method, "batch_size": size, "step_ms": round(seconds * 1e3, 2),
+                  "forward_ms": round(result.forward_ns / 1e6, 2), "weights_gbs": round(bandwidth, 2)}
         now = time.monotonic()
         if now - self._last_log > 5.0:
             self._last_log = now
-            log.info(message, *args)
-        else:
-            log.debug(message, *args)
+            log.info(message, *args, extra=fields)
+        elif log.isEnabledFor(logging.DEBUG):
+            log.debug(message, *args, extra=fields)

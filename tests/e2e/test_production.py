@@ -167,3 +167,9 @@ def test_json_output_logs_one_structured_line_per_request(tiny_llama: Path) -> N
     for key in ("timestamp", "level", "input_tokens", "queue_ms", "inference_ms", "time_per_token_ms"):
         assert key in done[0]
     assert any(r.get("error_type") == "validation" for r in records)
+    # the shards log JSON lines too (their start-up and per-step lines), not text among the JSON
+    shard_records = [r for r in records if r.get("target", "").startswith("shard")]
+    assert shard_records and all({"timestamp", "level", "message"} <= r.keys() for r in shard_records)
+    assert not [line for line in server.output if " INFO shard" in line], "a shard logged plain text"
+    steps = [r for r in shard_records if "batch_size" in r]  # the per-step line, its figures as fields
+    assert steps and all(r["step_ms"] >= r["forward_ms"] > 0 and r["batch_size"] >= 1 for r in steps)

@@ -137,6 +137,7 @@ def test_env_vars_and_flags(launched: list[LaunchPlan]) -> None:
     assert router["--max-batch-prefill-tokens"] == "1049"
     assert router["--max-batch-size"] == "8"
     assert "--json-output" in router and router["--json-output"] is None
+    assert all("--json-output" in shard.argv for shard in plan.shards)  # one log format for every process
     # Wildcard binds are probed through loopback.
     assert plan.router_health_url == "http://127.0.0.1:9090/health"
     assert plan.json_output

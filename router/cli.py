@@ -20,6 +20,7 @@ from router.openapi import add_openapi_routes, build_openapi
 from router.queue import blocks_for
 from router.server import VERSION, Router
 from router.shard_client import ShardClient
+from router.token_bytes import TokenBytes
 from router.tracing import Tracing
 from router.validation import ValidationLimits, Validator, load_tokenizer
 
@@ -58,7 +59,7 @@ async def start(config: RouterConfig) -> None:
     tracing = Tracing(config.otlp_endpoint, config.otlp_service_name)
     router = Router(config, validator, batcher, client, max_batch_total, tracing=tracing)
     app = router.app()
-    OpenAIRoutes(router, ChatTemplate.load(config.tokenizer_dir)).add_to(app)
+    OpenAIRoutes(router, ChatTemplate.load(config.tokenizer_dir), TokenBytes(tokenizer)).add_to(app)
     add_openapi_routes(app, build_openapi(VERSION, config.model_id))
     loop_task = asyncio.create_task(batcher.run(), name="batcher")
     router.batcher_task = loop_task

@@ -20,6 +20,7 @@ from router.schemas import GenerateRequest
 from router.server import VERSION, Admitted, GenerationFailed, Router
 from router.sse import SseResponse, StreamFailedBeforeFirstByte, pump_events
 from router.stream import ErrorEvent, Finished, Token, TokenEvent
+from router.token_bytes import TokenBytes
 from router.types import ValidRequest
 
 DONE = b"data: [DONE]\n\n"
@@ -36,13 +37,15 @@ def _content(event: TokenEvent, streamed: str) -> str:
     return text
 
 
-def _token_logprob(token: Token) -> dict:
-    return {"token": token.text, "logprob": token.logprob, "bytes": list(token.text.encode())}
+def _token_logprob(token: Token, token_bytes: TokenBytes | None) -> dict:
+    raw = token_bytes.of(token) if token_bytes is not None else list(token.text.encode())
+    return {"token": token.text, "logprob": token.logprob, "bytes": raw}
 
 
-def _chat_logprobs(events: list[TokenEvent]) -> dict:
+def _chat_logprobs(events: list[TokenEvent], token_bytes: TokenBytes | None) -> dict:
     return {"content": [
-        {**_token_logprob(e.token), "top_logprobs": [_token_logprob(t) for t in e.top_tokens]} for e in events
+        {**_token_logprob(e.token, token_bytes),
+         "top_logprobs": [_token_logprob(t, token_bytes) for t in e.top_tokens]} for e in events
     ]}
 
 
@@ -66,9 +69,10 @@ def _usage(valids: list[ValidRequest], finished: list[Finished]) -> dict:
 
 
 class OpenAIRoutes:
-    def __init__(self, router: Router, template: ChatTemplate | None) -> None:
+    def __init__(self, router: Router, template: ChatTemplate | None, token_bytes: TokenBytes | None = None) -> None:
         self.router = router
         self.template = template
+        self.token_bytes = token_bytes  # None: a token's bytes are its text's
         self.created = int(time.time())
 
     def add_to(self, app: web.Application) -> None:
@@ -107,7 +111,7 @@ class OpenAIRoutes:
                     "choices": [{
                         "index": 0,
                         "message": {"role": "assistant", "content": finished.generated_text},
-                        "logprobs": _chat_logprobs(events) if chat.logprobs else None,
+                        "logprobs": _chat_logprobs(events, self.token_bytes) if chat.logprobs else None,
                         "finish_reason": FINISH[finished.finish_reason],
                     }],
                     "usage": _usage([valid], [finished]),
@@ -122,7 +126,7 @@ class OpenAIRoutes:
                 streamed += text
                 return sse_event({**self._envelope("chat.completion.chunk", request_id), "choices": [{
                     "index": 0, "delta": delta,
-                    "logprobs": _chat_logprobs([event]) if chat.logprobs else None,
+                    "logprobs": _chat_logprobs([event], self.token_bytes) if chat.logprobs else None,
                     "finish_reason": FINISH[event.finished.finish_reason] if event.finished else None,
                 }]}, space=True)
 

@@ -37,7 +37,7 @@ class TokenBytes:
         kinds = {d.get("type") for d in decoder.get("decoders", [decoder])}
         self._alphabet = _byte_level_alphabet() if "ByteLevel" in kinds else None
         self._sentencepiece = bool(kinds & {"ByteFallback", "Metaspace"})
-        self._added = {i for i in tokenizer.get_added_tokens_decoder()}
+        self._added = set(tokenizer.get_added_tokens_decoder())
         self._tokenizer = tokenizer
         self._cache: dict[int, list[int]] = {}
 

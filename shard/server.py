@@ -89,14 +89,16 @@ class TextGenerationService(pb_grpc.TextGenerationServiceServicer):
         size = len(result.generations)
         # Bytes of weights read per forward / its time: how close a step is to the memory-bandwidth floor.
         bandwidth = self.engine.weight_bytes / (result.forward_ns / 1e9) / 1e9 if result.forward_ns else 0.0
-        message = "%s batch=%d step=%.1fms forward=%.1fms weights=%.1fGB/s"
-        args = (method, size, seconds * 1e3, result.forward_ns / 1e6, bandwidth)
-        # The same figures as fields, for --json-output
-        fields = {"method": method, "batch_size": size, "step_ms": round(seconds * 1e3, 2),
-                  "forward_ms": round(result.forward_ns / 1e6, 2), "weights_gbs": round(bandwidth, 2)}
         now = time.monotonic()
         if now - self._last_log > 5.0:
             self._last_log = now
-            log.info(message, *args, extra=fields)
+            level = logging.INFO
         elif log.isEnabledFor(logging.DEBUG):
-            log.debug(message, *args, extra=fields)
+            level = logging.DEBUG
+        else:
+            return
+        # The figures as fields too, for --json-output
+        fields = {"method": method, "batch_size": size, "step_ms": round(seconds * 1e3, 2),
+                  "forward_ms": round(result.forward_ns / 1e6, 2), "weights_gbs": round(bandwidth, 2)}
+        log.log(level, "%s batch=%d step=%.1fms forward=%.1fms weights=%.1fGB/s", method, size, seconds * 1e3,
+                result.forward_ns / 1e6, bandwidth, extra=fields)

@@ -185,6 +185,17 @@ void rotate_and_store(void *qkv, int rows, int num_q, int num_kv, int head_dim, 
   rotate_and_store_team(qkv, rows, num_q, num_kv, head_dim, cos_table, sin_table, slots, k_cache, v_cache, bf16);
 }
 
+/* Attention weights from scores, in place: softmax in float32 (an empty row sums to 0 and stays). */
+INLINE void softmax_in_place(float *row, int length) {
+  float top = -INFINITY, total = 0.f;
+#pragma omp simd reduction(max : top)
+  for (int p = 0; p < length; p++) top = row[p] > top ? row[p] : top;
+#pragma omp simd reduction(+ : total)
+  for (int p = 0; p < length; p++) { row[p] = exp_neg(row[p] - top); total += row[p]; }
+  float inv = total > 0.f ? 1.f / total : 0.f;
+  for (int p = 0; p < length; p++) row[p] *= inv;
+}
+
 #ifdef __AVX512F__
 INLINE __m512 load16(const void *base, int64_t i, int bf16) {
   return bf16 ? load16_bf16((const uint16_t *)base + i) : _mm512_loadu_ps((const float *)base + i);
@@ -224,13 +235,7 @@ INLINE void attend_group_simd(const void *q, int64_t q_base, const void *k_cache
       _mm512_mask_storeu_ps(scores + (int64_t)j * length + p0, (__mmask16)((1u << n) - 1), sum16x16(products[j]));
   }
   for (int j = 0; j < G; j++) {
-    float *row = scores + (int64_t)j * length, top = -INFINITY, total = 0.f;
-#pragma omp simd reduction(max : top)
-    for (int p = 0; p < length; p++) top = row[p] > top ? row[p] : top;
-#pragma omp simd reduction(+ : total)
-    for (int p = 0; p < length; p++) { row[p] = exp_neg(row[p] - top); total += row[p]; }
-    float inv = total > 0.f ? 1.f / total : 0.f;
-    for (int p = 0; p < length; p++) row[p] *= inv;
+    softmax_in_place(scores + (int64_t)j * length, length);
     for (int c = 0; c < HD16; c++) acc[j][c] = _mm512_setzero_ps();
   }
   for (int p = 0; p < length; p++) {
@@ -289,12 +294,8 @@ INLINE void attend_group(const void *q, int64_t q_base, const void *k_cache, con
     for (int j = 0; j < group; j++) scores[(int64_t)j * length + p] = dot(qv[j], k_cache, kbase, head_dim, bf16);
   }
   for (int j = 0; j < group; j++) {
-    float *row = scores + (int64_t)j * length, top = -INFINITY, total = 0.f;
-    for (int p = 0; p < length; p++) top = row[p] > top ? row[p] : top;
-#pragma omp simd reduction(+ : total)
-    for (int p = 0; p < length; p++) { row[p] = exp_neg(row[p] - top); total += row[p]; }
-    float inv = total > 0.f ? 1.f / total : 0.f;
-    for (int p = 0; p < length; p++) row[p] *= inv;
+    float *row = scores + (int64_t)j * length;
+    softmax_in_place(row, length);
 #ifdef __AVX512F__
     if (head_dim == 64)
       weighted_sum(acc, row, v_cache, table, length, block_size, num_kv, g, head_dim, bf16, 4);

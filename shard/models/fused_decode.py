@@ -59,13 +59,7 @@ class FusedDecode:
         if self._layer_array is None or key != self._cache_key:
             array = (cpu_kernels.DecodeLayer * len(self.layers))()
             for entry, layer, k_cache, v_cache in zip(array, self.layers, cache.keys, cache.values, strict=True):
-                for field, tensor in (
-                    ("input_norm", layer.input_norm), ("qkv", layer.qkv.weight), ("qkv_bias", layer.qkv.bias),
-                    ("o_proj", layer.o_proj.weight), ("o_bias", layer.o_proj.bias), ("post_norm", layer.post_norm),
-                    ("gate_up", layer.gate_up.weight), ("gate_up_bias", layer.gate_up.bias),
-                    ("down", layer.down.weight), ("down_bias", layer.down.bias),
-                    ("k_cache", k_cache), ("v_cache", v_cache),
-                ):
+                for field, tensor in (*layer.decode_weights().items(), ("k_cache", k_cache), ("v_cache", v_cache)):
                     setattr(entry, field, _pointer(tensor))
             self._layer_array, self._cache_key = array, key
         return self._layer_array

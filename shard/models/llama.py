@@ -130,10 +130,13 @@ class DecoderLayer:
         self.input_norm = weights.get(f"{prefix}.input_layernorm.weight")
         self.post_norm = weights.get(f"{prefix}.post_attention_layernorm.weight")
 
-    def decode_weights(self) -> list[torch.Tensor | None]:
-        """The layer's tensors in the order a decode step reads them."""
-        return [self.input_norm, self.qkv.weight, self.qkv.bias, self.o_proj.weight, self.o_proj.bias,
-                self.post_norm, self.gate_up.weight, self.gate_up.bias, self.down.weight, self.down.bias]
+    def decode_weights(self) -> dict[str, torch.Tensor | None]:
+        """The layer's tensors in the order a decode step reads them, named as the fields of the one-call
+        step's layer struct (cpu_decode.c)."""
+        return {"input_norm": self.input_norm, "qkv": self.qkv.weight, "qkv_bias": self.qkv.bias,
+                "o_proj": self.o_proj.weight, "o_bias": self.o_proj.bias, "post_norm": self.post_norm,
+                "gate_up": self.gate_up.weight, "gate_up_bias": self.gate_up.bias, "down": self.down.weight,
+                "down_bias": self.down.bias}
 
     def _rank0_bias(self, weights: Weights, name: str) -> torch.Tensor | None:
         # A row-parallel bias is added once, before the all-reduce sums the ranks.
@@ -198,7 +201,8 @@ class LlamaModel:
         self.weight_arena: torch.Tensor | None = None
         if self.device.type == "cpu":
             self.weight_arena = weight_arena.pack(
-                [t for layer in self.layers for t in layer.decode_weights()] + [self.norm, self.lm_head.linear.weight])
+                [t for layer in self.layers for t in layer.decode_weights().values()]
+                + [self.norm, self.lm_head.linear.weight])
         # Decode steps of one rank run all layers in one C call; None: layer by layer (also settable,
         # for comparisons).
         self.fused_decode: FusedDecode | None = None

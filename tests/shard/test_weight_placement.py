@@ -39,7 +39,7 @@ def test_decode_weights_lie_in_one_buffer_in_reading_order(model_dir: Path, dtyp
     reference = Weights(model_dir, dtype, torch.device("cpu"))
     arena = model.weight_arena
     assert arena is not None
-    order = [t for layer in model.layers for t in layer.decode_weights() if t is not None]
+    order = [t for layer in model.layers for t in layer.decode_weights().values() if t is not None]
     order += [model.norm, model.lm_head.linear.weight]
     starts = [t.data_ptr() for t in order]
     assert starts == sorted(starts) and len(set(starts)) == len(starts)

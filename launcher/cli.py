@@ -28,6 +28,8 @@ ROUTER_VALUE_FLAGS: tuple[tuple[str, str], ...] = (
     ("sse_ping_interval", "--sse-ping-interval"),
     ("graceful_termination_timeout", "--graceful-termination-timeout"),
     ("liveness_timeout", "--liveness-timeout"),
+    ("request_body_timeout", "--request-body-timeout"),
+    ("keep_alive_timeout", "--keep-alive-timeout"),
     ("otlp_endpoint", "--otlp-endpoint"),
     ("otlp_service_name", "--otlp-service-name"),
 )
@@ -131,8 +133,16 @@ def check_limits(settings: dict[str, Any]) -> None:
          help="With --nnodes > 1: address the router reaches this node's shards at (default: this host's IP).")
 @_option("--prefill-chunk-tokens", type=click.IntRange(min=1), default=256,
          help="Prompt tokens a shard feeds per step while other requests decode (chunked prefill; ours).")
+@_option("--threads", type=click.IntRange(min=1), default=None,
+         help="CPU threads per shard; beats OMP_NUM_THREADS. [default: the CPUs the process may use (affinity "
+              "mask, cgroup quota), divided among this node's shards] (ours)")
 @_option("--liveness-timeout", type=click.FloatRange(min=0.1), default=120.0,
          help="Seconds one shard step may take before /live reports the server hung (ours).")
+@_option("--request-body-timeout", type=click.FloatRange(min=0.1), default=30.0,
+         help="Seconds from a request's headers to the end of its body; past it, 408 and the connection "
+              "closes. A request holds no slot until its body has arrived (ours).")
+@_option("--keep-alive-timeout", type=click.FloatRange(min=0.1), default=75.0,
+         help="Seconds an idle keep-alive connection, or one still sending its headers, stays open (ours).")
 @_option("--api-key", default=None, help="Require 'Authorization: Bearer KEY' on every route but /health.")
 @_option("--cors-allow-origin", multiple=True, help="Origins allowed by CORS (repeatable; '*' for any).")
 @_option("--otlp-endpoint", default=None, help="OpenTelemetry collector (gRPC), e.g. http://localhost:4317.")
@@ -177,6 +187,7 @@ def main(**settings: Any) -> None:
         dtype=settings["dtype"],
         trust_remote_code=settings["trust_remote_code"],
         kv_cache_bytes=settings["kv_cache_bytes"],
+        threads=settings["threads"],
         uds_path=settings["shard_uds_path"],
         master_addr=settings["master_addr"],
         master_port=settings["master_port"],

@@ -59,6 +59,7 @@ def shard_command(
     kv_cache_bytes: int,
     trust_remote_code: bool = False,
     json_output: bool = False,
+    threads: int | None = None,
 ) -> list[str]:
     argv = [
         sys.executable, "-m", "shard.cli",
@@ -71,6 +72,8 @@ def shard_command(
         argv.append("--trust-remote-code")
     if json_output:
         argv.append("--json-output")
+    if threads is not None:
+        argv += ["--threads", str(threads)]
     return argv
 
 
@@ -125,20 +128,22 @@ def plan_launch(
     nnodes: int = 1,
     node_rank: int = 0,
     shard_port: int = 29700,
+    threads: int | None = None,
 ) -> LaunchPlan:
     """The real launch: `num_shard` shard ranks behind one router.
 
     Extra environment goes to the children only (secrets such as the API key stay out of argv, where
     every user could read them with `ps`)."""
-    command = shard_command(model_dir, uds_path, dtype, kv_cache_bytes, trust_remote_code, json_output)
+    command = shard_command(model_dir, uds_path, dtype, kv_cache_bytes, trust_remote_code, json_output, threads)
     pythonpath = project_pythonpath()
     # --num-shard is the whole world; this node runs its share, ranks node_rank * local .. + local - 1.
     local = num_shard // nnodes
     ranks = [node_rank * local + i for i in range(local)]
     shards = []
     for i, rank in enumerate(ranks):
+        # LOCAL_WORLD_SIZE: the shards sharing this machine's CPUs (shard/cpu_budget.py divides them).
         env = {**pythonpath, **shard_env(rank, num_shard, master_addr, master_port), "LOCAL_RANK": str(i),
-               "NODE_RANK": str(node_rank), **(shard_extra_env or {})}
+               "LOCAL_WORLD_SIZE": str(local), "NODE_RANK": str(node_rank), **(shard_extra_env or {})}
         if nnodes > 1:  # the router on node 0 reaches other nodes' shards over TCP
             env["SHARD_PORT"] = str(shard_port + i)
         shards.append(ChildSpec(f"shard {rank}", command, env))

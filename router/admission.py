@@ -22,4 +22,5 @@ class Admission:
 
     @property
     def available(self) -> int:
+        """Free slots now (a request may still find none by the time it is validated)."""
         return self.limit - self.in_flight

@@ -64,7 +64,8 @@ async def start(config: RouterConfig) -> None:
     loop_task = asyncio.create_task(batcher.run(), name="batcher")
     router.batcher_task = loop_task
     # A client that disconnects cancels its handler, which takes its request out of the batch.
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None,
+                           keepalive_timeout=config.keep_alive_timeout)
     await runner.setup()
     site = web.TCPSite(runner, config.hostname, config.port)
     await site.start()

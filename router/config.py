@@ -32,6 +32,8 @@ class RouterConfig:
     sse_ping_interval: float = 10.0
     graceful_termination_timeout: float = 90.0
     liveness_timeout: float = 120.0
+    request_body_timeout: float = 30.0
+    keep_alive_timeout: float = 75.0
     api_key: str | None = None
     cors_allow_origin: tuple[str, ...] = ()
     otlp_endpoint: str | None = None
@@ -63,6 +65,10 @@ class RouterConfig:
                        help="seconds between ': ping' comments on an idle SSE stream")
         p.add_argument("--graceful-termination-timeout", type=float, default=90.0)
         p.add_argument("--liveness-timeout", type=float, default=120.0)
+        p.add_argument("--request-body-timeout", type=float, default=30.0,
+                       help="seconds from a request's headers to the end of its body; past it, 408 and close")
+        p.add_argument("--keep-alive-timeout", type=float, default=75.0,
+                       help="seconds an idle connection (or one still sending its headers) stays open")
         p.add_argument("--api-key", default=os.environ.get("API_KEY") or None)
         p.add_argument("--cors-allow-origin", action="append", default=[])
         p.add_argument("--otlp-endpoint", default=None)
@@ -80,6 +86,7 @@ class RouterConfig:
             max_client_batch_size=a.max_client_batch_size, payload_limit=a.payload_limit,
             json_output=a.json_output, sse_ping_interval=a.sse_ping_interval,
             graceful_termination_timeout=a.graceful_termination_timeout, liveness_timeout=a.liveness_timeout,
+            request_body_timeout=a.request_body_timeout, keep_alive_timeout=a.keep_alive_timeout,
             api_key=a.api_key, cors_allow_origin=tuple(o for v in a.cors_allow_origin for o in v.split(",") if o),
             otlp_endpoint=a.otlp_endpoint, otlp_service_name=a.otlp_service_name,
         )

@@ -149,10 +149,10 @@ class OpenAIRoutes:
         async def work(body: bytes, admitted: Admitted) -> web.StreamResponse:
             completion: CompletionRequest = parse_completion_request(body)
             prompts = completion.prompts(self.router.config.max_client_batch_size)
-            admitted.reserve(len(prompts) - 1)
             parameters = completion.to_generate_parameters()
             valids = [await self.router.validate(GenerateRequest(inputs=p, parameters=parameters), completion.stream)
                       for p in prompts]
+            admitted.admit(len(valids))  # a slot for every prompt, or 429
             entries = [admitted.submit(v) for v in valids]
             request_id = f"cmpl-{uuid.uuid4().hex}"
             want_logprobs = completion.logprobs is not None

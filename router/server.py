@@ -54,24 +54,45 @@ class GenerationFailed(Exception):
 
 
 class Overloaded(Exception):
-    """A multi-prompt request could not get a slot for every prompt."""
+    """No admission slot is free (for a multi-prompt request: not one for every prompt)."""
+
+
+class ShuttingDown(Exception):
+    """The server began to drain while this request was arriving or being validated."""
+
+
+class BodyTimeout(Exception):
+    """The client did not send its whole body within --request-body-timeout."""
 
 
 class Admitted:
-    """One admitted HTTP request: its admission slots and the entries it queued."""
+    """One HTTP request's admission slots and the entries it queued.
+
+    A slot is taken only when a validated request is submitted: a client still sending its body, or one
+    whose body is invalid, holds none.
+    """
 
     def __init__(self, router: Router) -> None:
         self.router = router
-        self.slots = 1
+        self.slots = 0
         self.entries: list[Entry] = []
 
-    def reserve(self, extra: int) -> None:
-        for _ in range(extra):
+    def admit(self, count: int) -> None:
+        """Take `count` more slots, all or none (Overloaded; ShuttingDown once the server drains)."""
+        if self.router.draining:
+            raise ShuttingDown()
+        taken = 0
+        for _ in range(count):
             if not self.router.admission.try_acquire():
+                for _ in range(taken):
+                    self.router.admission.release()
                 raise Overloaded()
-            self.slots += 1
+            taken += 1
+        self.slots += taken
 
     def submit(self, valid: ValidRequest) -> Entry:
+        if len(self.entries) >= self.slots:
+            self.admit(1)
         entry = self.router.batcher.submit(valid)
         self.entries.append(entry)
         return entry
@@ -84,6 +105,7 @@ class Admitted:
                 self.router.batcher.cancel(entry)
         for _ in range(self.slots):
             self.router.admission.release()
+        self.slots = 0
 
 
 class Router:
@@ -124,10 +146,33 @@ class Router:
 
     # ---- shared steps -------------------------------------------------------------------------
     async def _read_json_body(self, request: web.Request) -> bytes:
+        """The whole body, before any slot is taken; BodyTimeout past --request-body-timeout."""
         try:
-            return await request.read()
+            async with asyncio.timeout(self.config.request_body_timeout):
+                return await request.read()
         except web.HTTPRequestEntityTooLarge as exc:
             raise PayloadTooLarge(f"payload is larger than the limit of {self.config.payload_limit} bytes") from exc
+        except TimeoutError as exc:
+            raise BodyTimeout() from exc
+
+    async def _body_timed_out(self, request: web.Request) -> web.StreamResponse:
+        """408, then close at once: aiohttp would otherwise linger reading a body that is not coming."""
+        self.metrics.request_failure.labels("request_timeout").inc()
+        log.info("request body not received within %.0f s: 408", self.config.request_body_timeout,
+                 extra={"error_type": "request_timeout"})
+        response = error_response(
+            408, f"the request body was not received within {self.config.request_body_timeout:g} s",
+            "request_timeout")
+        response.force_close()
+        await response.prepare(request)
+        await response.write_eof()
+        if request.protocol is not None:
+            request.protocol.force_close()  # the transport flushes the response before it closes
+        return response
+
+    def _shutting_down(self) -> web.Response:
+        self.metrics.request_failure.labels("unavailable").inc()
+        return error_response(503, "The server is shutting down", "unavailable", headers={"Retry-After": "5"})
 
     def _overloaded(self) -> web.Response:
         return error_response(429, "Model is overloaded", "overloaded", headers={"Retry-After": "1"})
@@ -169,24 +214,30 @@ class Router:
     async def _handle(self, request: web.Request,
                       work: Callable[[bytes, Admitted], Awaitable[web.StreamResponse]],
                       timeline: RequestTimeline | None) -> web.StreamResponse:
-        """Admission, then `work` (parse, validate, submit, answer); errors become statuses; cleanup always.
+        """The body, then `work` (parse, validate, submit, answer); errors become statuses; cleanup always.
+
+        A slot is taken only for a request that has fully arrived and is valid; when none is free as the
+        body arrives, 429 comes at once, without validating.
 
         Every route that generates goes through here, so overload, validation, failures and clients that
         disconnect are handled the same way everywhere.
         """
         self.metrics.request_count.inc()
         if self.draining:
-            self.metrics.request_failure.labels("unavailable").inc()
-            return error_response(503, "The server is shutting down", "unavailable", headers={"Retry-After": "5"})
-        if not self.admission.try_acquire():
-            self.metrics.request_failure.labels("overloaded").inc()
-            return self._overloaded()
+            return self._shutting_down()
         admitted = Admitted(self)
         try:
-            return await work(await self._read_json_body(request), admitted)
+            body = await self._read_json_body(request)
+            if not self.admission.available:
+                raise Overloaded()
+            return await work(body, admitted)
+        except BodyTimeout:
+            return await self._body_timed_out(request)
         except Overloaded:
             self.metrics.request_failure.labels("overloaded").inc()
             return self._overloaded()
+        except ShuttingDown:
+            return self._shutting_down()
         except ValidationError as exc:
             log.info("request rejected: %s", exc, extra={"error_type": "validation"})
             self.metrics.request_failure.labels("validation").inc()
@@ -298,7 +349,11 @@ class Router:
 
     async def tokenize(self, request: web.Request) -> web.Response:
         try:
-            parsed = parse_tokenize_request(await self._read_json_body(request))
+            body = await self._read_json_body(request)
+        except BodyTimeout:
+            return await self._body_timed_out(request)
+        try:
+            parsed = parse_tokenize_request(body)
             tokens = await asyncio.to_thread(self.validator.tokenize, parsed.inputs, parsed.add_special_tokens)
         except ValidationError as exc:
             return error_response(413 if isinstance(exc, PayloadTooLarge) else 422, str(exc), "validation")

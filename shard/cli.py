@@ -15,6 +15,7 @@ import grpc
 import torch
 
 from router.logs import setup_logging
+from shard.cpu_budget import cpu_budget
 from shard.detokenize import special_token_ids
 from shard.distributed import Distributed
 from shard.engine import Engine
@@ -32,6 +33,13 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 log = logging.getLogger("shard")
 
 
+def _thread_count(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="tgi-py shard: one tensor-parallel rank")
     parser.add_argument("--model-dir", type=Path, required=True)
@@ -44,6 +52,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--json-output", action="store_true", help="Log JSON lines instead of text.")
     parser.add_argument("--prefill-chunk-tokens", type=int, default=int(os.environ.get("PREFILL_CHUNK_TOKENS", 256)),
                         help="prompt tokens fed per step while other requests decode (chunked prefill)")
+    parser.add_argument("--threads", type=_thread_count, default=None,
+                        help="CPU threads (beats OMP_NUM_THREADS; default: the CPUs this process may use, "
+                             "from its affinity mask and cgroup quota, divided among the node's shards)")
     return parser.parse_args(argv)
 
 
@@ -84,7 +95,9 @@ async def serve(args: argparse.Namespace) -> None:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     dist = Distributed.from_env(device)
-    threads = int(os.environ.get("OMP_NUM_THREADS") or max(1, (os.cpu_count() or 1) // dist.world_size))
+    budget = cpu_budget(dist.world_size, getattr(args, "threads", None))
+    threads = budget.threads
+    log.info("rank %d: %d thread%s (%s)", dist.rank, threads, "" if threads == 1 else "s", budget.reason)
     # All torch work happens on this one thread, loading included. OpenMP keeps a thread team per
     # calling thread; with a second team alive (the main thread's) libgomp counts more threads than
     # CPUs and stops spinning between parallel regions, and every region then pays a futex wake-up:

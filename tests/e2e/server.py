@@ -67,11 +67,13 @@ def read_until(sock: socket.socket, marker: bytes) -> bytes:
 
 
 def launch(model_dir: Path | None, *args: str, env: dict[str, str] | None = None,
-           startup_timeout: float = 300.0, master_port: int | None = None) -> LaunchedServer:
+           startup_timeout: float = 300.0, master_port: int | None = None,
+           prefix: tuple[str, ...] = ()) -> LaunchedServer:
+    """`prefix` goes before the command, e.g. ("taskset", "-c", "0")."""
     port = free_port()
     # Unix socket paths are limited to ~108 bytes: keep them short, not under pytest's tmp_path.
     uds = os.path.join(tempfile.mkdtemp(prefix="tgi"), "s")
-    command = [sys.executable, "-m", "launcher", "--port", str(port), "--shard-uds-path", uds,
+    command = [*prefix, sys.executable, "-m", "launcher", "--port", str(port), "--shard-uds-path", uds,
                "--master-port", str(master_port or free_port()), *args]
     if model_dir is not None:
         command += ["--model-id", str(model_dir)]

@@ -23,13 +23,13 @@ def test_two_nodes_give_the_same_greedy_ids_as_one(tiny_llama: Path) -> None:
         [sys.executable, "-m", "launcher", "--model-id", str(tiny_llama), "--num-shard", "2", "--nnodes", "2",
          "--node-rank", "1", "--master-addr", "127.0.0.1", "--master-port", str(master_port),
          "--shard-uds-path", worker_uds, "--shard-port", str(shard_port), "--shard-advertise-host", "127.0.0.1",
-         "--max-input-tokens", "64", "--max-total-tokens", "256"],
+         "--max-input-tokens", "64", "--max-total-tokens", "256", "--threads", "1"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     try:
         leader = launch(tiny_llama, "--num-shard", "2", "--nnodes", "2", "--node-rank", "0", "--master-addr",
                         "127.0.0.1", "--max-input-tokens", "64", "--max-total-tokens", "256",
-                        master_port=master_port)
+                        "--threads", "1", master_port=master_port)
         try:
             for prompt in ("Hello world", "東京は日本の"):
                 response = leader.post("/generate", {"inputs": prompt, "parameters": {"max_new_tokens": 12,

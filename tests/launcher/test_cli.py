@@ -94,6 +94,8 @@ def test_defaults(launched: list[LaunchPlan], model_dir: Path) -> None:
         "--sse-ping-interval": "10.0",
         "--graceful-termination-timeout": "90.0",
         "--liveness-timeout": "120.0",
+        "--request-body-timeout": "30.0",
+        "--keep-alive-timeout": "75.0",
         "--otlp-service-name": "tgi-py.router",
     }
     assert plan.router_health_url == "http://127.0.0.1:3000/health"

@@ -94,6 +94,8 @@ RANGES: dict[str, dict[str, dict[str, Any]]] = {
         "max_completion_tokens": {"minimum": 1, "description": "OpenAI's newer name for max_tokens; wins over it"},
         "messages": {"minItems": 1},
         "logit_bias": {"description": "not supported by this server yet: refused unless empty"},
+        "response_format": {"description": "constrained output is not supported by this server yet: any `type` "
+                                           "but `text` is refused"},
     },
     "CompletionRequest": {
         **_OPENAI_RANGES,
@@ -127,10 +129,10 @@ def _request_schemas() -> dict[str, Any]:
                 raise RuntimeError(f"two request models define {def_name} differently")
             out[def_name] = definition
         out[name] = schema
-    # Before-validators accept more than the annotations say; document what the wire takes.
+    # Before-validators accept more than the annotations say; document what the wire takes (`stop`'s string form
+    # comes from its validator's json_schema_input_type).
     for name in ("ChatCompletionRequest", "CompletionRequest"):
         stop = out[name]["properties"]["stop"]
-        stop["anyOf"].insert(0, {"type": "string"})
         stop["description"] = "one stop string or a list of them, at most --max-stop-sequences"
     logprobs = out["CompletionRequest"]["properties"]["logprobs"]
     logprobs["anyOf"].insert(0, {"type": "boolean"})
@@ -139,8 +141,7 @@ def _request_schemas() -> dict[str, Any]:
     one, many = prompt["anyOf"]
     one["minLength"] = many["items"]["minLength"] = many["minItems"] = 1
     prompt["description"] = "one prompt, or a list of at most --max-client-batch-size prompts (one choice each)"
-    # Checked by validators of ChatMessage: a message has content, or tool calls; parts are text parts.
-    out["TextPart"]["properties"]["type"] = {"const": "text"}
+    # Checked by a validator of ChatMessage: a message has content, or tool calls.
     out["ChatMessage"]["anyOf"] = [
         {"required": ["content"], "properties": {"content": {"not": {"type": "null"}}}},
         {"required": ["tool_calls"], "properties": {"tool_calls": {"type": "array", "minItems": 1}}},

@@ -3,6 +3,10 @@
 Every documented operation gets bodies that fit its schema (positive) and bodies that break it (negative),
 sent over real HTTP. Whatever comes in: never a 5xx; every 4xx is JSON `{"error", "error_type"}`; a 200 stream
 carries no error event; and answers conform to the document (status codes, content types, JSON schemas).
+On the OpenAI routes the document's verdict is the server's: a body it refuses is a 422 `validation`, a body
+it allows is answered 200 unless refused for a reason it states in words (tests/request_fuzz.py). The same
+routes also get every documented way to break the bodies of tests/request_fuzz.BODIES, over HTTP (in process,
+tests/router/test_openai_fuzz.py checks the messages too, and against OpenAI's own request types).
 Generation lengths are kept small so that the whole module stays around a minute on two cores.
 """
 
@@ -27,6 +31,7 @@ from schemathesis.specs.openapi.checks import (
 from router.openapi import build_openapi
 from router.server import VERSION
 from tests.e2e.server import LaunchedServer, launch
+from tests.request_fuzz import BODIES, OPENAI_ROUTES, allowed_refusal, bound_lengths, doc_accepts, iter_mutated
 
 MAX_INPUT, MAX_TOTAL = 64, 128
 # Accepted generation lengths are lowered to this and absent ones set to it, to bound the run time (the
@@ -109,8 +114,30 @@ def _check(case: Any, response: Response) -> None:
         assert isinstance(body.get("error_type"), str) and body["error_type"], describe
     elif response.status_code == 200 and content_type.startswith("text/event-stream"):
         _check_sse(response.content.decode(), describe)
+    if case.path in OPENAI_ROUTES and str(case.method).upper() == "POST":
+        _check_verdict(case.path, _sent_json(response.request.body), response.status_code, response.content,
+                       describe)
     case.validate_response(response, checks=[status_code_conformance, content_type_conformance,
                                              response_schema_conformance])
+
+
+def _sent_json(body: bytes | str | None) -> object:
+    """The JSON value sent, or None for no body or one that is no JSON (no documented body either way)."""
+    try:
+        return json.loads(body) if body else None
+    except ValueError:
+        return None
+
+
+def _check_verdict(path: str, sent: object, status: int, content: bytes, describe: str) -> None:
+    """An OpenAI route answers as its documented request schema says: 422 `validation` for a body it refuses,
+    200 for a body it allows unless refused for a reason the document states in words."""
+    error = json.loads(content) if status == 422 else None
+    if not doc_accepts(path, sent):
+        assert status == 422 and error["error_type"] == "validation", f"a body the document refuses\n{describe}"
+    elif status != 200:
+        assert status == 422 and error["error_type"] == "validation" and allowed_refusal(error["error"]), (
+            f"a body the document allows\n{describe}")
 
 
 def test_served_document_and_docs(fuzz_server: LaunchedServer, tiny_llama: Path) -> None:
@@ -136,6 +163,33 @@ def test_unreadable_bodies_are_422_json(fuzz_server: LaunchedServer, path: str, 
                              timeout=30)
     assert response.status_code == 422, (path, response.status_code, response.text[:200])
     assert response.json()["error_type"] == "validation"
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("path", sorted(OPENAI_ROUTES))
+def test_openai_bodies_and_every_way_to_break_them(fuzz_server: LaunchedServer, path: str) -> None:
+    """Bodies that use every documented field are accepted; each documented way to break one is a 422 JSON
+    `validation` error (issue 14: a `tools` entry without `function` was answered 200)."""
+    url = fuzz_server.url + path
+    failures, count = [], 0
+    with requests.Session() as session:
+        for body in BODIES[path]:
+            sent = {**body}
+            bound_lengths(sent, MAX_NEW)
+            response = session.post(url, json=sent, timeout=60)
+            describe = f"POST {path} {json.dumps(sent)[:300]} -> {response.status_code} {response.text[:300]}"
+            assert response.status_code < 500, describe
+            if response.headers.get("Content-Type", "").startswith("text/event-stream"):
+                _check_sse(response.text, describe)
+            _check_verdict(path, sent, response.status_code, response.content, describe)
+        for _, mutation, broken in iter_mutated(path):
+            count += 1
+            response = session.post(url, json=broken, timeout=60)
+            error = response.json() if response.headers.get("Content-Type", "").startswith("application/json") else {}
+            if response.status_code != 422 or error.get("error_type") != "validation" or not error.get("error"):
+                failures.append(f"{mutation}: {response.status_code} {response.text[:200]}")
+    assert count > 300
+    assert not failures, f"{len(failures)} of {count} broken bodies:\n" + "\n".join(failures[:40])
 
 
 # GET routes take no input, so there is nothing to break in them (negative mode).

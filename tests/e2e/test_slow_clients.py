@@ -126,7 +126,7 @@ def test_half_sent_bodies_hold_no_slot_and_get_408_at_the_deadline(guarded_serve
     assert wait_fds(pid, before, within=10) <= before, os.listdir(f"/proc/{pid}/fd")
     metrics = requests.get(guarded_server.url + "/metrics", timeout=30).text
     timeouts = [line for line in metrics.splitlines() if "request_timeout" in line]
-    assert timeouts == ['tgi_request_failure{err="request_timeout"} %d.0' % HELD], timeouts
+    assert timeouts == ['tgi_request_failure{err="request_timeout"} ' + f"{HELD}.0"], timeouts
 
 
 def test_a_body_sent_slowly_within_the_deadline_is_served(guarded_server: LaunchedServer) -> None:

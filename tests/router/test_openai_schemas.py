@@ -169,7 +169,10 @@ def test_top_p_one_is_off(validator: Validator) -> None:
     assert chat(top_p=1).to_generate_parameters().top_p is None
     assert validate(validator, chat(top_p=1.0)).sampling.top_p == 1.0
     assert validate(validator, chat(top_p=0.5)).sampling.top_p == 0.5
-    assert validation_message(validator, chat(top_p=1.5)) == "`top_p` must be > 0.0 and < 1.0"
+    # checked at parsing, greedy or not (temperature 0 drops top_p before the validator sees it)
+    for top_p, temperature in ((1.5, None), (0, None), (7, 0), (-1, 0)):
+        assert chat_error({"messages": USER, "top_p": top_p, "temperature": temperature}) == (
+            "`top_p`: must be > 0.0 and <= 1.0")
 
 
 def test_logprobs_mapping(validator: Validator) -> None:
@@ -290,3 +293,62 @@ def test_completion_suffix_echo_logprobs() -> None:
     assert completion(logprobs=True).logprobs == 0 and completion(logprobs=False).logprobs is None
     assert completion_error(logprobs=6) == "`logprobs`: Input should be less than or equal to 5"
     assert completion_error(temperature="warm") == "`temperature`: Input should be a valid number"
+
+
+TOOL = {"type": "function", "function": {"name": "f", "description": "d", "parameters": {"type": "object"}}}
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        # issue 14: a tools entry without `function` was answered 200
+        ({"tools": [{"type": "function"}]}, "`tools.0.function`: Field required"),
+        ({"tools": [{"function": TOOL["function"]}]}, "`tools.0.type`: Field required"),
+        ({"tools": [{**TOOL, "type": "retrieval"}]}, "`tools.0.type`: Input should be 'function'"),
+        ({"tools": ["f"]}, "`tools.0`: Input should be a valid dictionary or instance of Tool"),
+        ({"tools": [{"type": "function", "function": {}}]}, "`tools.0.function.name`: Field required"),
+        ({"tools": [{"type": "function", "function": {"name": ""}}]}, "`tools.0.function.name`: must not be empty"),
+        ({"tools": [{"type": "function", "function": {"name": "f", "parameters": "{}"}}]},
+         "`tools.0.function.parameters`: Input should be a valid dictionary"),
+        ({"tools": {"type": "function"}}, "`tools`: Input should be a valid list"),
+        ({"tool_choice": 1}, "`tool_choice`: must be 'auto', 'none', 'required', a tool's name, or an object"),
+        ({"tool_choice": {"type": "function"}}, "`tool_choice.function`: Field required"),
+        ({"tool_choice": {"type": "tool", "function": {"name": "f"}}, "tools": [TOOL]},
+         "`tool_choice.type`: Input should be 'function'"),
+        ({"tool_choice": {"function": {"name": "g"}}, "tools": [TOOL]},
+         "`tool_choice`: 'g' is not 'auto', 'none', 'required' or the name of one of `tools` (f)"),
+        ({"tool_choice": "requried", "tools": [TOOL]}, "`tool_choice`: 'requried' is not 'auto'"),
+        ({"tool_choice": "required"}, "`tool_choice`: 'required' needs `tools`"),
+        ({"messages": [{"role": "assistant", "tool_calls": [{"id": "1", "type": "function"}]}]},
+         "`messages.0.tool_calls.0.function`: Field required"),
+        ({"messages": [{"role": "assistant", "tool_calls": [{"type": "function", "function": {
+            "name": "f", "arguments": 3}}]}]}, "`messages.0.tool_calls.0.id`: Field required"),
+        ({"messages": [{"role": "", "content": "x"}]}, "`messages.0.role`: must not be empty"),
+        ({"messages": [{"role": "user", "content": [{"type": "text"}]}]},
+         "`messages.0.content.0.text`: Field required"),
+        ({"response_format": {"type": "json_schema", "json_schema": {"schema": {}, "name": 3}}},
+         "`response_format.json_schema.name`: Input should be a valid string"),
+        ({"response_format": "json"}, "`response_format`: must be an object with a `type`"),
+        ({"logit_bias": {"1": "x"}}, "`logit_bias.1`: Input should be a valid number"),
+        ({"logit_bias": 5}, "`logit_bias`: must be an object of token ids to biases"),
+        ({"max_tokens": 0, "max_completion_tokens": 5}, "`max_tokens` must be strictly positive"),
+    ],
+)
+def test_malformed_tools_and_nested_objects_name_the_field(fields: dict[str, Any], message: str) -> None:
+    assert chat_error({"messages": USER, **fields}).startswith(message)
+
+
+def test_tools_and_tool_choice_forms() -> None:
+    for choice in ("auto", "none", "f", {"type": "function", "function": {"name": "f"}}, {"function": {"name": "f"}}):
+        assert chat(tools=[TOOL], tool_choice=choice).tools == [TOOL]
+    assert chat(tool_choice="none").tool_choice == "none"
+    assert chat(stream=None, ignore_eos=None).ignore_eos is False
+
+
+def test_tools_and_tool_calls_reach_the_template_as_sent() -> None:
+    # key order and keys the models do not know are kept: templates `tojson` them into the prompt
+    tool = {"function": {"parameters": {"type": "object"}, "name": "f", "x-extra": 1}, "type": "function"}
+    call = {"type": "function", "function": {"arguments": {"a": 1}, "name": "f"}, "id": "c1", "index": 0}
+    request = chat(tools=[tool], messages=[*USER, {"role": "assistant", "tool_calls": [call]}])
+    assert json.dumps(request.tools) == json.dumps([tool])
+    assert json.dumps(request.chat_messages()[1]["tool_calls"]) == json.dumps([call])

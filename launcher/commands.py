@@ -77,6 +77,21 @@ def shard_command(
     return argv
 
 
+# libgomp (torch's OpenMP, and the CPU kernels') spins ~300,000 times at a barrier before it sleeps:
+# milliseconds, about a scheduler slice. Beside a busy process, a thread spinning for its descheduled
+# teammate kept its own CPU from that teammate at every barrier of a step. 3,000 spins (tens of
+# microseconds) covered a quiet step's barrier waits as well in our measurements (docs/benchmarks.md,
+# "A busy neighbour"); a user's own GOMP_SPINCOUNT or OMP_WAIT_POLICY is kept.
+GOMP_SPINCOUNT = "3000"
+
+
+def openmp_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """The OpenMP settings a shard gets unless the user set them."""
+    if "GOMP_SPINCOUNT" in environ or "OMP_WAIT_POLICY" in environ:
+        return {}
+    return {"GOMP_SPINCOUNT": GOMP_SPINCOUNT}
+
+
 def shard_env(rank: int, world_size: int, master_addr: str, master_port: int) -> dict[str, str]:
     # torch.distributed's env:// initialisation reads exactly these names.
     return {
@@ -143,7 +158,8 @@ def plan_launch(
     for i, rank in enumerate(ranks):
         # LOCAL_WORLD_SIZE: the shards sharing this machine's CPUs (shard/cpu_budget.py divides them).
         env = {**pythonpath, **shard_env(rank, num_shard, master_addr, master_port), "LOCAL_RANK": str(i),
-               "LOCAL_WORLD_SIZE": str(local), "NODE_RANK": str(node_rank), **(shard_extra_env or {})}
+               "LOCAL_WORLD_SIZE": str(local), "NODE_RANK": str(node_rank), **openmp_env(os.environ),
+               **(shard_extra_env or {})}
         if nnodes > 1:  # the router on node 0 reaches other nodes' shards over TCP
             env["SHARD_PORT"] = str(shard_port + i)
         shards.append(ChildSpec(f"shard {rank}", command, env))

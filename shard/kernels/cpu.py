@@ -87,7 +87,8 @@ class DecodeStep(ctypes.Structure):
     """Dimensions, inputs and scratch of one decode step (struct decode_step in cpu_decode.c)."""
 
     _fields_ = [(name, ctypes.c_int) for name in (
-        "batch", "hidden", "num_q", "num_kv", "head_dim", "intermediate", "block_size", "max_blocks", "bf16")] + [
+        "batch", "hidden", "num_q", "num_kv", "head_dim", "intermediate", "block_size", "max_blocks", "bf16",
+        "threads")] + [
         ("eps", ctypes.c_float), ("scale", ctypes.c_float)] + [(name, ctypes.c_void_p) for name in (
             "cos", "sin", "slots", "block_tables", "lengths", "h", "qkv", "attn", "gate_up", "act")]
 

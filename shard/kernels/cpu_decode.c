@@ -10,6 +10,7 @@
  * attend through the paged cache (decode tokens, and prompt tokens of a step small enough for the GEMV
  * kernels), each up to its own position.
  */
+#include <omp.h>
 #include <stdint.h>
 
 void gemv_f32_team(const float *x, const float *w, const float *bias, float *y, int B, int N, int K);
@@ -33,6 +34,7 @@ struct decode_layer {
 /* Model dimensions and this step's inputs; mirrored by a ctypes Structure in cpu.py. */
 struct decode_step {
   int batch, hidden, num_q, num_kv, head_dim, intermediate, block_size, max_blocks, bf16;
+  int threads;                    /* the team's size: shard/thread_governor.py picks it per step */
   float eps, scale;
   const float *cos, *sin;         /* [batch, head_dim / 2] */
   const int64_t *slots;           /* [batch]: where each row's new key and value go */
@@ -53,7 +55,7 @@ void decode_layers(const struct decode_layer *layers, int num_layers, const stru
                    void *delta) {
   int B = s->batch, D = s->hidden, qkv_width = (s->num_q + 2 * s->num_kv) * s->head_dim;
   int attn_width = s->num_q * s->head_dim;
-#pragma omp parallel
+#pragma omp parallel num_threads(s->threads > 0 ? s->threads : omp_get_max_threads())
   for (int l = 0; l < num_layers; l++) {
     const struct decode_layer *L = layers + l;
     if (l == 0) rms_norm_team(x, L->input_norm, s->h, B, D, s->eps, s->bf16);

@@ -11,11 +11,13 @@ one rank (no all-reduce between operations) and the step has few enough rows for
 from __future__ import annotations
 
 import ctypes
+import time
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from shard.kernels import cpu as cpu_kernels
+from shard.thread_governor import ThreadGovernor
 
 if TYPE_CHECKING:
     from shard.kv_cache import KVCache
@@ -40,6 +42,8 @@ class FusedDecode:
         self.dims = dict(hidden=hidden, num_q=first.num_q, num_kv=first.num_kv, head_dim=first.config.head_dim,
                          intermediate=first.gate_up.weight.shape[0] // 2, bf16=int(dtype == torch.bfloat16),
                          eps=eps, scale=first.config.head_dim ** -0.5)
+        # Created at the first step: the thread budget is set on the engine thread after loading.
+        self.governor: ThreadGovernor | None = None
         self._layer_array: ctypes.Array | None = None
         self._cache_key: tuple[int, ...] = ()
 
@@ -78,10 +82,16 @@ class FusedDecode:
         tables, lengths = attn.block_tables, attn.context_lengths
         assert tables is not None and lengths is not None
         assert tables.dtype == lengths.dtype == torch.int32 and attn.slot_mapping.dtype == torch.int64
+        if self.governor is None:
+            self.governor = ThreadGovernor(torch.get_num_threads())
+        threads = self.governor.choose(rows)
         step = cpu_kernels.DecodeStep(
-            batch=rows, block_size=attn.block_size, max_blocks=tables.shape[1], **d,
+            batch=rows, threads=threads, block_size=attn.block_size, max_blocks=tables.shape[1], **d,
             cos=_pointer(cos), sin=_pointer(sin), slots=_pointer(attn.slot_mapping), block_tables=_pointer(tables),
             lengths=_pointer(lengths), **{name: t.data_ptr() for name, t in scratch.items()},
         )
-        self.kernels.decode_layers(self._layers_for(cache), step, x, delta)
+        layer_array = self._layers_for(cache)
+        start = time.perf_counter_ns()
+        self.kernels.decode_layers(layer_array, step, x, delta)
+        self.governor.observe(rows, threads, time.perf_counter_ns() - start)
         return x, delta

@@ -67,3 +67,11 @@ def test_launcher_rejects_zero_threads(launched: list[LaunchPlan]) -> None:
     assert result.exit_code != 0
     assert "--threads" in result.output
     assert not launched
+
+
+def test_shards_spin_briefly_at_openmp_barriers_unless_the_user_chose() -> None:
+    from launcher.commands import GOMP_SPINCOUNT, openmp_env
+
+    assert openmp_env({}) == {"GOMP_SPINCOUNT": GOMP_SPINCOUNT}
+    assert openmp_env({"GOMP_SPINCOUNT": "300000"}) == {}  # the user's own value is inherited as is
+    assert openmp_env({"OMP_WAIT_POLICY": "active"}) == {}

@@ -82,7 +82,7 @@ def shard_command(
 # teammate kept its own CPU from that teammate at every barrier of a step. 3,000 spins (tens of
 # microseconds) covered a quiet step's barrier waits as well in our measurements (docs/benchmarks.md,
 # "A busy neighbour"); a user's own GOMP_SPINCOUNT or OMP_WAIT_POLICY is kept.
-GOMP_SPINCOUNT = "3000"
+GOMP_SPINCOUNT = "10000"
 
 
 def openmp_env(environ: Mapping[str, str]) -> dict[str, str]:

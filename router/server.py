@@ -147,11 +147,14 @@ class Router:
     # ---- shared steps -------------------------------------------------------------------------
     async def _read_json_body(self, request: web.Request) -> bytes:
         """The whole body, before any slot is taken; BodyTimeout past --request-body-timeout."""
+        too_large = PayloadTooLarge(f"payload is larger than the limit of {self.config.payload_limit} bytes")
+        if request.content_length is not None and request.content_length > self.config.payload_limit:
+            raise too_large  # from the headers alone: not one byte of such a body is read
         try:
             async with asyncio.timeout(self.config.request_body_timeout):
                 return await request.read()
-        except web.HTTPRequestEntityTooLarge as exc:
-            raise PayloadTooLarge(f"payload is larger than the limit of {self.config.payload_limit} bytes") from exc
+        except web.HTTPRequestEntityTooLarge as exc:  # a chunked body that grew past the limit
+            raise too_large from exc
         except TimeoutError as exc:
             raise BodyTimeout() from exc
 

@@ -172,3 +172,18 @@ def test_idle_and_half_headed_connections_close_after_the_keep_alive_timeout(
         for sock in [*idle, *half_headed, reused]:
             sock.close()
     assert wait_fds(pid, before, within=10) <= before, os.listdir(f"/proc/{pid}/fd")
+
+
+def test_an_oversized_content_length_gets_413_before_any_body_is_sent(guarded_server: LaunchedServer) -> None:
+    for route in ("/generate", "/v1/chat/completions", "/tokenize"):
+        sock = connect(guarded_server)
+        try:
+            sock.sendall(f"POST {route} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         "Content-Length: 1000000000\r\n\r\n".encode())
+            sock.settimeout(BODY_TIMEOUT_S / 2)  # well before the body deadline
+            received = sock.recv(65536)
+        finally:
+            sock.close()
+        head, _, body = received.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 413"), (route, received[:200])
+        assert json.loads(body)["error_type"] == "validation"

@@ -35,7 +35,7 @@ quiet_then_busy() {  # name url api
   levels "$1-busy" "$2" "$3"
   kill "$busy"; wait "$busy" 2>/dev/null || true; busy=""
 }
-.venv/bin/tgi-launch --port 3111 --shard-uds-path /tmp/contention --master-port 29621 --dtype "$DTYPE" \
+.venv/bin/python -m launcher --port 3111 --shard-uds-path /tmp/contention --master-port 29621 --dtype "$DTYPE" \
     --threads "$THREADS" --max-concurrent-requests 64 --max-input-tokens 1024 --max-total-tokens 1536 \
     > "$OUT/tgi-py.log" 2>&1 & pids+=($!)
 wait_up http://127.0.0.1:3111/health

@@ -79,9 +79,10 @@ def shard_command(
 
 # libgomp (torch's OpenMP, and the CPU kernels') spins ~300,000 times at a barrier before it sleeps:
 # milliseconds, about a scheduler slice. Beside a busy process, a thread spinning for its descheduled
-# teammate kept its own CPU from that teammate at every barrier of a step. 3,000 spins (tens of
-# microseconds) covered a quiet step's barrier waits as well in our measurements (docs/benchmarks.md,
-# "A busy neighbour"); a user's own GOMP_SPINCOUNT or OMP_WAIT_POLICY is kept.
+# teammate kept its own CPU from that teammate at every barrier of a step. 10,000 spins kept the quiet
+# speed within noise and most of the busy case (3,000 kept more of it but cost ~5-20% quiet; 30,000
+# gave it back): docs/benchmarks.md, "A busy neighbour". A user's own GOMP_SPINCOUNT or OMP_WAIT_POLICY
+# is kept.
 GOMP_SPINCOUNT = "10000"
 
 

@@ -22,7 +22,7 @@ import requests
 from tests.e2e.procs import children_of, cmdline
 from tests.e2e.server import LaunchedServer, launch
 
-BODY_TIMEOUT_S = 4.0
+BODY_TIMEOUT_S = 6.0
 KEEP_ALIVE_S = 3.0
 HELD = 220
 MAX_CONCURRENT = 4

@@ -29,6 +29,7 @@ RUN pip install --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"
 WORKDIR /src
 COPY pyproject.toml ./
 COPY tgi_proto ./tgi_proto
+COPY common ./common
 COPY launcher ./launcher
 COPY router ./router
 COPY shard ./shard

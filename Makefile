@@ -23,10 +23,12 @@ serve: install
 
 test: install
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q
 
 lint: install
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 
 proto: install
 	$(PY) -m grpc_tools.protoc -Itgi_proto=proto --python_out=. --grpc_python_out=. --pyi_out=. proto/generate.proto

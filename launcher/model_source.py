@@ -9,25 +9,14 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
-# What the shard (weights + config) and the router (tokenizer) both need to start.
-REQUIRED_FILES: tuple[str, ...] = ("config.json", "tokenizer.json")
+from launcher.embedded import ensure_embedded_model
+from launcher.model_files import ModelSourceError, ResolvedModel, check_model_dir, missing_model_files
+
 DEFAULT_CACHE_ENV = "TGI_PY_CACHE"
 # TGI caps its derived default so a model with a huge context does not claim a huge KV budget.
 DEFAULT_MAX_TOTAL_TOKENS_CAP = 4096
-
-
-class ModelSourceError(Exception):
-    """The requested model cannot be served; the message says why and what is missing."""
-
-
-@dataclass(frozen=True)
-class ResolvedModel:
-    path: Path
-    # Shown to clients (/info, /v1/models): the hub name rather than a cache path.
-    model_id: str
 
 
 def default_cache_dir() -> Path:
@@ -37,20 +26,6 @@ def default_cache_dir() -> Path:
     return Path.home() / ".cache" / "tgi-py"
 
 
-def missing_model_files(model_dir: Path) -> list[str]:
-    """Names of what `model_dir` lacks to be servable; empty when it is complete."""
-    missing = [name for name in REQUIRED_FILES if not (model_dir / name).is_file()]
-    if not any(model_dir.glob("*.safetensors")):
-        missing.insert(1, "*.safetensors (model weights)")
-    return missing
-
-
-def check_model_dir(model_dir: Path) -> None:
-    missing = missing_model_files(model_dir)
-    if missing:
-        raise ModelSourceError(f"model directory {model_dir} is missing: {', '.join(missing)}")
-
-
 def resolve_model(
     model_id: str | None,
     revision: str | None = None,
@@ -58,9 +33,6 @@ def resolve_model(
 ) -> ResolvedModel:
     """Turn a --model-id value into a directory holding config, safetensors weights and tokenizer."""
     if model_id is None or model_id == "":
-        # Imported here so that serving a local model never pays for the embedded-model machinery.
-        from launcher.embedded import ensure_embedded_model
-
         return ensure_embedded_model(cache_dir if cache_dir is not None else default_cache_dir())
 
     local = Path(model_id).expanduser()

@@ -37,7 +37,7 @@ class _StopRequested(Exception):
     pass
 
 
-def _die_with_parent() -> Callable[[], None] | None:
+def die_with_parent() -> Callable[[], None] | None:
     if not sys.platform.startswith("linux"):
         return None
     # Resolved before fork: the child should only make the call, not load libraries.
@@ -53,7 +53,7 @@ def _die_with_parent() -> Callable[[], None] | None:
     return preexec
 
 
-def _describe_exit(code: int) -> str:
+def describe_exit(code: int) -> str:
     if code < 0:
         try:
             return f"was killed by {signal.Signals(-code).name}"
@@ -129,7 +129,7 @@ class Supervisor:
                 env={**os.environ, **spec.env},
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
-                preexec_fn=_die_with_parent(),
+                preexec_fn=die_with_parent(),
             )
         except OSError as err:
             raise LaunchError(f"cannot start {spec.name} ({spec.argv[0]}): {err}") from err
@@ -144,7 +144,7 @@ class Supervisor:
             code = process.poll()
             if code is not None:
                 raise LaunchError(
-                    f"{spec.name} {_describe_exit(code)} {phase}; stopping the other processes",
+                    f"{spec.name} {describe_exit(code)} {phase}; stopping the other processes",
                     exit_code=code if code > 0 else 1,
                 )
 

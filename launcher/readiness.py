@@ -15,11 +15,6 @@ from tgi_proto import generate_pb2, generate_pb2_grpc
 _WILDCARD_TO_LOOPBACK = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}
 
 
-def shard_socket_path(uds_path: str, rank: int) -> Path:
-    """The unix socket shard `rank` listens on (TGI's naming: base path, dash, rank)."""
-    return Path(f"{uds_path}-{rank}")
-
-
 def shard_is_healthy(socket_path: Path, timeout_s: float = 2.0) -> bool:
     if not socket_path.is_socket():
         return False

@@ -6,15 +6,14 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass
 
 from router.metrics import Metrics
 from router.queue import BatchBudget, Entry, Queue
 from router.shard_client import ShardClient, ShardError
-from router.stream import FINISH_REASONS, Finished, Token, TokenEvent
-from router.types import ValidRequest
-from tgi_proto import generate_pb2 as pb
+from router.stream import TokenEvent
+from router.types import Batch, CachedBatch, Generation, StepResult, ValidRequest
 
 log = logging.getLogger("router.batcher")
 
@@ -33,40 +32,6 @@ class SchedulerConfig:
     prefill_joins_decode: bool = False
 
 
-def to_proto(entry: Entry) -> pb.Request:
-    r: ValidRequest = entry.request
-    s = r.sampling
-    return pb.Request(
-        id=entry.id,
-        inputs=r.inputs,
-        input_ids=list(r.input_ids),
-        parameters=pb.NextTokenChooserParameters(
-            temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, typical_p=s.typical_p,
-            do_sample=s.do_sample, seed=s.seed or 0, repetition_penalty=s.repetition_penalty,
-            frequency_penalty=s.frequency_penalty, presence_penalty=s.presence_penalty,
-        ),
-        stopping_parameters=pb.StoppingCriteriaParameters(
-            max_new_tokens=r.stopping.max_new_tokens, stop_sequences=list(r.stopping.stop_sequences),
-            ignore_eos_token=r.stopping.ignore_eos_token,
-        ),
-        prefill_logprobs=r.decoder_input_details,
-        top_n_tokens=r.top_n_tokens,
-    )
-
-
-def _tokens(tokens: pb.Tokens) -> list[Token]:
-    return [
-        Token(id=i, text=t, logprob=None if math.isnan(lp) else lp, special=sp)
-        for i, t, lp, sp in zip(tokens.ids, tokens.texts, tokens.logprobs, tokens.is_special, strict=False)
-    ]
-
-
-def _first_token(tokens: pb.Tokens) -> Token:
-    """The generated token of a step (per token, half the cost of building the list _tokens makes)."""
-    logprob = tokens.logprobs[0]
-    return Token(tokens.ids[0], tokens.texts[0], None if math.isnan(logprob) else logprob, tokens.is_special[0])
-
-
 class Batcher:
     def __init__(self, client: ShardClient, config: SchedulerConfig, metrics: Metrics | None = None) -> None:
         self.client = client
@@ -74,7 +39,7 @@ class Batcher:
         self.metrics = metrics or Metrics()
         self.queue = Queue()
         self.running: dict[int, Entry] = {}
-        self.batch: pb.CachedBatch | None = None
+        self.batch: CachedBatch | None = None
         self.healthy = True
         self.last_progress = time.monotonic()
         # When the shard call now in flight began; None between calls. A hung shard shows up here.
@@ -160,7 +125,7 @@ class Batcher:
         return self._cut(min_size, self.config.max_batch_total_tokens - used, max_size)
 
     async def _prefill(self, entries: list[Entry],
-                       cached: pb.CachedBatch | None = None) -> tuple[bool, pb.CachedBatch | None]:
+                       cached: CachedBatch | None = None) -> tuple[bool, CachedBatch | None]:
         """(whether the call succeeded, the resulting batch). With `cached`, its requests step too and
         the result is the merged batch; a failure that only concerns the new requests leaves it as is."""
         batch_id = self._next_batch_id
@@ -170,33 +135,33 @@ class Batcher:
             entry.batched_at = now
             self.running[entry.id] = entry
             entry.stream.scheduled()
-        batch = pb.Batch(id=batch_id, requests=[to_proto(e) for e in entries], size=len(entries),
-                         max_tokens=sum(e.max_tokens for e in entries))
+        batch = Batch(batch_id, {e.id: e.request for e in entries}, max_tokens=sum(e.max_tokens for e in entries))
         return await self._step("prefill", self.client.prefill(batch, cached), entries)
 
-    async def _decode(self, batches: list[pb.CachedBatch]) -> pb.CachedBatch | None:
+    async def _decode(self, batches: list[CachedBatch]) -> CachedBatch | None:
         return (await self._step("decode", self.client.decode(batches), None))[1]
 
-    async def _step(self, method: str, call, entries: list[Entry] | None) -> tuple[bool, pb.CachedBatch | None]:
+    async def _step(self, method: str, call: Awaitable[StepResult],
+                    entries: list[Entry] | None) -> tuple[bool, CachedBatch | None]:
         m = self.metrics
         m.batch_inference_count.labels(method).inc()
         start = self.call_started = time.monotonic()
         try:
-            response = await call
+            result = await call
         except ShardError as exc:
             self._fail(exc, entries if entries is not None else list(self.running.values()))
             self._observe_batch()
             return False, None
         finally:
             self.call_started = None
-        received_at = time.monotonic()
+        received_at = result.received_at
         # Tokens first, bookkeeping after: the metrics below are not what a client waits for.
-        handlers_woken = self._dispatch(response.generations, received_at)
+        handlers_woken = self._dispatch(result.generations, received_at)
         m.flush_token_overheads()
         m.batch_inference_success.labels(method).inc()
         m.batch_inference_duration.labels(method).observe(received_at - start)
-        m.batch_forward_duration.labels(method).observe(response.forward_ns / 1e9)
-        m.batch_decode_duration.labels(method).observe(response.decode_ns / 1e9)
+        m.batch_forward_duration.labels(method).observe(result.forward_ns / 1e9)
+        m.batch_decode_duration.labels(method).observe(result.sample_and_postprocess_ns / 1e9)
         self._observe_batch()
         if handlers_woken:
             # Let the handlers write the tokens queued for them before the next step starts: once it runs,
@@ -207,17 +172,18 @@ class Batcher:
             # token written directly wakes its handler only to end the response, which may wait for the
             # next shard call's await).
             await asyncio.sleep(0)
-        return True, response.batch if response.HasField("batch") else None
+        return True, result.batch
 
     def _observe_batch(self) -> None:
         self.metrics.batch_current_size.set(len(self.running))
         self.metrics.batch_current_max_tokens.set(
             sum(e.cache_tokens(self.config.block_size) for e in self.running.values()))
 
-    def _dispatch(self, generations: Iterable[pb.Generation], received_at: float) -> int:
+    def _dispatch(self, generations: Iterable[Generation], received_at: float) -> int:
         """Send each generation's token to its stream; returns how many went to a handler's queue."""
         now = self.last_progress = received_at
         queued = written_directly = 0
+        prompt_tokens = cached_tokens = 0  # of the requests whose first token this is
         running = self.running
         for generation in generations:
             entry = running.get(generation.request_id)
@@ -225,30 +191,28 @@ class Batcher:
                 continue
             if entry.first_token_at is None:
                 entry.first_token_at = now
-            finished = None
-            if generation.HasField("generated_text"):
-                g = generation.generated_text
-                finished = Finished(g.text, FINISH_REASONS.get(g.finish_reason, "length"), g.generated_tokens,
-                                    g.seed if g.HasField("seed") else None)
+                entry.cached_prompt_tokens = generation.cached_prompt_tokens
+                prompt_tokens += entry.request.input_length
+                cached_tokens += generation.cached_prompt_tokens
+            finished = generation.finished
+            if finished is not None:
                 entry.finished = finished
                 del running[entry.id]
             stream = entry.stream
             if stream.cancelled:
                 continue
-            event = TokenEvent(
-                stream.tokens_sent + 1,
-                _first_token(generation.tokens),
-                [t for tokens in generation.top_tokens for t in _tokens(tokens)] if generation.top_tokens else (),
-                _tokens(generation.prefill_tokens) if generation.HasField("prefill_tokens") else (),
-                finished,
-                received_at,
-            )
+            event = TokenEvent(stream.tokens_sent + 1, generation.token, generation.top_tokens, generation.prefill,
+                               finished, received_at)
             if stream.send_token(event):
                 written_directly += 1
             else:
                 queued += 1
         if written_directly:
             self.metrics.tokens_written_directly.inc(written_directly)
+        if prompt_tokens:
+            self.metrics.prefix_cache_prompt_tokens.inc(prompt_tokens)
+            if cached_tokens:
+                self.metrics.prefix_cache_hit_tokens.inc(cached_tokens)
         return queued
 
     async def _filter_cancelled(self) -> None:

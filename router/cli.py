@@ -11,13 +11,14 @@ import sys
 
 from aiohttp import web
 
+from common.arith import ceil_div
+from common.logs import setup_logging
 from router.batcher import Batcher, SchedulerConfig
 from router.chat_template import ChatTemplate
 from router.config import RouterConfig
-from router.logs import setup_logging
 from router.openai_routes import OpenAIRoutes
-from router.openapi import add_openapi_routes, build_openapi
-from router.queue import blocks_for
+from router.openapi import build_openapi
+from router.openapi_docs import add_openapi_routes
 from router.server import VERSION, Router
 from router.shard_client import ShardClient
 from router.token_bytes import TokenBytes
@@ -33,7 +34,7 @@ async def start(config: RouterConfig) -> None:
     info = await client.info()
     log.info("connected to %d shard(s): %s on %s, block size %d", client.world_size, info.dtype,
              info.device_type, info.block_size)
-    needed = blocks_for(config.max_total_tokens, info.block_size) * info.block_size
+    needed = ceil_div(config.max_total_tokens, info.block_size) * info.block_size
     # Admission caps concurrency, so a pool larger than every admitted request at full length is waste.
     useful = config.max_batch_total_tokens or needed * config.max_concurrent_requests
     supported = await client.warmup(config.max_input_tokens, config.max_batch_prefill_tokens,

@@ -52,9 +52,16 @@ class Metrics:
         # the others went through the handler (clients that lag, a response not yet open)
         self.tokens_written_directly = Counter("tgi_py_router_tokens_written_directly",
                                                "Streamed tokens written without waking their handler", registry=r)
+        # ours: prompt tokens of the requests that got their first token, and how many of them the shards'
+        # prefix cache held (hit / prompt is the hit ratio); exported without `_total`, as TGI's counters
+        self.prefix_cache_prompt_tokens = Counter("tgi_py_prefix_cache_prompt_tokens",
+                                                  "Prompt tokens of requests that were prefilled", registry=r)
+        self.prefix_cache_hit_tokens = Counter("tgi_py_prefix_cache_hit_tokens",
+                                               "Prompt tokens reused from the prefix cache", registry=r)
         self._counter_names = [m._name for m in (
             self.request_count, self.request_success, self.request_failure,
-            self.batch_inference_count, self.batch_inference_success)]
+            self.batch_inference_count, self.batch_inference_success,
+            self.prefix_cache_prompt_tokens, self.prefix_cache_hit_tokens)]
 
     def _histogram(self, name: str, doc: str, buckets: tuple = DURATION_BUCKETS,
                    labels: list[str] | None = None) -> Histogram:

@@ -30,6 +30,18 @@ def api_key_middleware(api_key: str):
     return require_api_key
 
 
+# Why not aiohttp-cors (0.8.1, tried in process against tests/e2e/test_production.py's CORS test): it falls
+# short on
+# - the preflight status: it answers 200, where the test (like TGI's tower-http CorsLayer, and we) expects
+#   204 No Content;
+# - `Vary: Origin`: it echoes the request's Origin in Access-Control-Allow-Origin (also when "*" is
+#   configured) and sends no Vary, so a shared cache may hand one origin's answer to another; we send
+#   Vary: Origin on preflights and responses;
+# - coverage: CORS applies only to routes registered one by one with `cors.add(route)` (a preflight of any
+#   other path is a 404); the OpenAI and OpenAPI routes join the app after Router.app(), and a route added
+#   without it silently has no CORS, where this middleware covers every route at once.
+# It does reach streams (its headers go on in on_response_prepare, as ours do) and refuses a preflight from
+# an origin that is not allowed with 403, as we do.
 def cors_middleware(allowed_origins: list[str]):
     """Answers CORS preflight requests; cors_on_prepare adds the headers to real responses."""
     allow_any = "*" in allowed_origins

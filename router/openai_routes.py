@@ -5,27 +5,50 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable
+from typing import Any
 
 from aiohttp import web
 
 from router.chat_template import ChatTemplate, TemplateError
+from router.openai_response_schemas import (
+    AssistantMessage,
+    ChatCompletion,
+    ChatCompletionChoice,
+    ChatCompletionChunk,
+    ChatCompletionChunkChoice,
+    ChatDelta,
+    ChatLogprobs,
+    ChatTokenLogprob,
+    Completion,
+    CompletionChoice,
+    CompletionLogprobs,
+    Model,
+    ModelList,
+    OpenAIFinishReason,
+    TopLogprob,
+    Usage,
+)
 from router.openai_schemas import (
     ChatCompletionRequest,
     CompletionRequest,
     parse_chat_request,
     parse_completion_request,
 )
-from router.responses import sse_event
+from router.response_schemas import ErrorResponse
+from router.responses import json_response, sse_event
 from router.schemas import GenerateRequest
 from router.server import VERSION, Admitted, GenerationFailed, Router
 from router.sse import SseResponse, StreamFailedBeforeFirstByte, pump_events
-from router.stream import ErrorEvent, Finished, Token, TokenEvent
+from router.stream import ErrorEvent, TokenEvent
 from router.token_bytes import TokenBytes
-from router.types import ValidRequest
+from router.types import Finished, FinishReason, Token, ValidRequest
 
 DONE = b"data: [DONE]\n\n"
-# OpenAI has no `stop_sequence`: a stop string and EOS both read `stop`.
-FINISH = {"length": "length", "eos_token": "stop", "stop_sequence": "stop"}
+
+
+def openai_finish_reason(reason: FinishReason) -> OpenAIFinishReason:
+    """OpenAI has no `stop_sequence`: a stop string and EOS both read `stop`."""
+    return "length" if reason == "length" else "stop"
 
 
 def _content(event: TokenEvent, streamed: str) -> str:
@@ -37,35 +60,37 @@ def _content(event: TokenEvent, streamed: str) -> str:
     return text
 
 
-def _token_logprob(token: Token, token_bytes: TokenBytes | None) -> dict:
-    raw = token_bytes.of(token) if token_bytes is not None else list(token.text.encode())
-    return {"token": token.text, "logprob": token.logprob, "bytes": raw}
+def _token_bytes(token: Token, token_bytes: TokenBytes | None) -> list[int]:
+    return token_bytes.of(token) if token_bytes is not None else list(token.text.encode())
 
 
-def _chat_logprobs(events: list[TokenEvent], token_bytes: TokenBytes | None) -> dict:
-    return {"content": [
-        {**_token_logprob(e.token, token_bytes),
-         "top_logprobs": [_token_logprob(t, token_bytes) for t in e.top_tokens]} for e in events
-    ]}
+def _chat_logprobs(events: list[TokenEvent], token_bytes: TokenBytes | None) -> ChatLogprobs:
+    return ChatLogprobs(content=[
+        ChatTokenLogprob(
+            token=e.token.text, logprob=e.token.logprob, bytes=_token_bytes(e.token, token_bytes),
+            top_logprobs=[TopLogprob(token=t.text, logprob=t.logprob, bytes=_token_bytes(t, token_bytes))
+                          for t in e.top_tokens],
+        ) for e in events
+    ])
 
 
-def _completion_logprobs(events: list[TokenEvent], offset: int) -> dict:
+def _completion_logprobs(events: list[TokenEvent], offset: int) -> CompletionLogprobs:
     offsets, position = [], offset
     for e in events:
         offsets.append(position)
         position += len(e.token.text)
-    return {
-        "tokens": [e.token.text for e in events],
-        "token_logprobs": [e.token.logprob for e in events],
-        "top_logprobs": [{t.text: t.logprob for t in e.top_tokens} for e in events],
-        "text_offset": offsets,
-    }
+    return CompletionLogprobs(
+        tokens=[e.token.text for e in events],
+        token_logprobs=[e.token.logprob for e in events],
+        top_logprobs=[{t.text: t.logprob for t in e.top_tokens} for e in events],
+        text_offset=offsets,
+    )
 
 
-def _usage(valids: list[ValidRequest], finished: list[Finished]) -> dict:
+def _usage(valids: list[ValidRequest], finished: list[Finished]) -> Usage:
     prompt = sum(v.input_length for v in valids)
     completion = sum(f.generated_tokens for f in finished)
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
 
 
 class OpenAIRoutes:
@@ -82,14 +107,15 @@ class OpenAIRoutes:
             web.get("/v1/models", self.models),
         ])
 
-    def _envelope(self, kind: str, request_id: str) -> dict:
-        return {"id": request_id, "object": kind, "created": int(time.time()),
-                "model": self.router.config.model_id, "system_fingerprint": f"{VERSION}-native"}
+    def _envelope(self, request_id: str) -> dict[str, Any]:
+        """The fields every chat completion, chunk and completion starts with, but `object`."""
+        return {"id": request_id, "created": int(time.time()), "model": self.router.config.model_id,
+                "system_fingerprint": f"{VERSION}-native"}
 
     async def models(self, request: web.Request) -> web.Response:
-        return web.json_response({"object": "list", "data": [
-            {"id": self.router.config.model_id, "object": "model", "created": self.created, "owned_by": "tgi-py"},
-        ]})
+        return json_response(ModelList(object="list", data=[
+            Model(id=self.router.config.model_id, object="model", created=self.created, owned_by="tgi-py"),
+        ]))
 
     # ---- chat ---------------------------------------------------------------------------------
     async def chat_completions(self, request: web.Request) -> web.StreamResponse:
@@ -106,34 +132,36 @@ class OpenAIRoutes:
                 finished = events[-1].finished
                 assert finished is not None
                 self.router.record_success(valid, entry, finished.generated_tokens)
-                return web.json_response({
-                    **self._envelope("chat.completion", request_id),
-                    "choices": [{
-                        "index": 0,
-                        "message": {"role": "assistant", "content": finished.generated_text},
-                        "logprobs": _chat_logprobs(events, self.token_bytes) if chat.logprobs else None,
-                        "finish_reason": FINISH[finished.finish_reason],
-                    }],
-                    "usage": _usage([valid], [finished]),
-                })
+                return json_response(ChatCompletion(
+                    **self._envelope(request_id), object="chat.completion",
+                    choices=[ChatCompletionChoice(
+                        index=0,
+                        message=AssistantMessage(role="assistant", content=finished.generated_text),
+                        logprobs=_chat_logprobs(events, self.token_bytes) if chat.logprobs else None,
+                        finish_reason=openai_finish_reason(finished.finish_reason),
+                    )],
+                    usage=_usage([valid], [finished]),
+                ))
             streamed = ""
 
             def chunk(event: TokenEvent) -> bytes:
                 nonlocal streamed
                 text = _content(event, streamed)
-                delta = {"role": "assistant", "content": text} if not streamed and event.index == 1 else {
-                    "content": text}
+                first = not streamed and event.index == 1
                 streamed += text
-                return sse_event({**self._envelope("chat.completion.chunk", request_id), "choices": [{
-                    "index": 0, "delta": delta,
-                    "logprobs": _chat_logprobs([event], self.token_bytes) if chat.logprobs else None,
-                    "finish_reason": FINISH[event.finished.finish_reason] if event.finished else None,
-                }]}, space=True)
+                return sse_event(ChatCompletionChunk(
+                    **self._envelope(request_id), object="chat.completion.chunk",
+                    choices=[ChatCompletionChunkChoice(
+                        index=0, delta=ChatDelta(role="assistant" if first else None, content=text),
+                        logprobs=_chat_logprobs([event], self.token_bytes) if chat.logprobs else None,
+                        finish_reason=openai_finish_reason(event.finished.finish_reason) if event.finished else None,
+                    )],
+                ), space=True)
 
             def usage_chunk(last: TokenEvent) -> bytes:
                 assert last.finished is not None
-                return sse_event({**self._envelope("chat.completion.chunk", request_id), "choices": [],
-                                  "usage": _usage([valid], [last.finished])}, space=True)
+                return sse_event(ChatCompletionChunk(**self._envelope(request_id), object="chat.completion.chunk",
+                                                     choices=[], usage=_usage([valid], [last.finished])), space=True)
 
             return await self._stream(request, [(valid, entry)], [chunk], usage_chunk if chat.include_usage else None)
 
@@ -165,14 +193,14 @@ class OpenAIRoutes:
                     self.router.record_success(valid, entry, finished.generated_tokens)
                     finished_all.append(finished)
                     text = valid.inputs + finished.generated_text if completion.echo else finished.generated_text
-                    choices.append({
-                        "index": index, "text": text,
-                        "logprobs": _completion_logprobs(events, len(text) - len(finished.generated_text))
+                    choices.append(CompletionChoice(
+                        index=index, text=text,
+                        logprobs=_completion_logprobs(events, len(text) - len(finished.generated_text))
                         if want_logprobs else None,
-                        "finish_reason": FINISH[finished.finish_reason],
-                    })
-                return web.json_response({**self._envelope("text_completion", request_id), "choices": choices,
-                                          "usage": _usage(valids, finished_all)})
+                        finish_reason=openai_finish_reason(finished.finish_reason),
+                    ))
+                return json_response(Completion(**self._envelope(request_id), object="text_completion",
+                                                choices=choices, usage=_usage(valids, finished_all)))
 
             def chunker(index: int, valid: ValidRequest) -> Callable[[TokenEvent], bytes]:
                 streamed = ""
@@ -183,19 +211,23 @@ class OpenAIRoutes:
                     if completion.echo and event.index == 1:
                         text = valid.inputs + text
                     streamed += text
-                    return sse_event({**self._envelope("text_completion", request_id), "choices": [{
-                        "index": index, "text": text,
-                        "logprobs": _completion_logprobs([event], 0) if want_logprobs else None,
-                        "finish_reason": FINISH[event.finished.finish_reason] if event.finished else None,
-                    }]}, space=True)
+                    return sse_event(Completion(
+                        **self._envelope(request_id), object="text_completion",
+                        choices=[CompletionChoice(
+                            index=index, text=text,
+                            logprobs=_completion_logprobs([event], 0) if want_logprobs else None,
+                            finish_reason=openai_finish_reason(event.finished.finish_reason) if event.finished
+                            else None,
+                        )],
+                    ), space=True)
 
                 return chunk
 
             finals: list[Finished] = []
 
             def usage_chunk(last: TokenEvent) -> bytes:
-                return sse_event({**self._envelope("text_completion", request_id), "choices": [],
-                                  "usage": _usage(valids, finals)}, space=True)
+                return sse_event(Completion(**self._envelope(request_id), object="text_completion", choices=[],
+                                            usage=_usage(valids, finals)), space=True)
 
             return await self._stream(request, list(zip(valids, entries, strict=True)),
                                       [chunker(i, v) for i, v in enumerate(valids)],
@@ -213,7 +245,7 @@ class OpenAIRoutes:
         last: TokenEvent | None = None
 
         def error(event: ErrorEvent) -> bytes:
-            return sse_event({"error": event.message, "error_type": event.error_type}, space=True)
+            return sse_event(ErrorResponse(error=event.message, error_type=event.error_type), space=True)
 
         try:
             for (valid, entry), render in zip(requests, renderers, strict=True):

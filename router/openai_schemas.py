@@ -5,7 +5,7 @@ ranges are left to `router.validation.Validator`, which sees these requests as n
 `GenerateParameters` (`to_generate_parameters`), so both APIs share one set of rules and messages.
 Every nested object is a model of its own (tools, tool calls, tool_choice, response_format, content
 parts), so that a malformed one is a 422 naming the field, and the published OpenAPI document
-(router/openapi.py, from `model_json_schema()`) describes exactly what is accepted;
+(router/openapi_components.py, from `model_json_schema()`) describes exactly what is accepted;
 tests/router/test_openai_fuzz.py holds the two to each other. Objects that reach the chat template
 (tools, tool calls) are checked against their model but kept as the client sent them.
 

@@ -1,265 +1,28 @@
-"""OpenAPI 3.1 description of every HTTP route the router serves, and the routes that publish it.
+"""OpenAPI 3.1 description of every HTTP route the router serves.
 
-`build_openapi` assembles the document: request bodies come from the pydantic models that parse them
-(`model_json_schema()`, so the document cannot drift from what the server accepts), responses are
-described by hand from CONTRACT.md and `router.responses`. `add_openapi_routes` serves it as
-`GET /openapi.json` and renders it at `GET /docs` with Swagger UI, whose static files come from the
-`swagger-ui-bundle-v2` package (imported as `swagger_ui_bundle`), so the page works offline. Without that
-package `/docs` falls back to a plain HTML list of the routes.
+`build_openapi` assembles the document: the operations below (routes, statuses, headers, SSE framing) with
+the request and response schemas of router.openapi_components, which come from the pydantic models that
+parse the requests and build the responses, so the document cannot drift from what the server accepts and
+writes. router.openapi_docs serves it as `GET /openapi.json` and `GET /docs`.
 """
 
 from __future__ import annotations
 
 import copy
-import html
-import json
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
-from aiohttp import web
-from pydantic import BaseModel
-
 from router.middleware import OPEN_PATHS
-from router.openai_schemas import ChatCompletionRequest, CompletionRequest
-from router.schemas import GenerateRequest, TokenizeRequest
-
-REF = "#/components/schemas/"
-REQUEST_MODELS: dict[str, type[BaseModel]] = {
-    "GenerateRequest": GenerateRequest,
-    "TokenizeRequest": TokenizeRequest,
-    "ChatCompletionRequest": ChatCompletionRequest,
-    "CompletionRequest": CompletionRequest,
-}
-# Static files of Swagger UI that /docs needs, with their types; nothing else in the package is served.
-DOCS_ASSETS = {"swagger-ui.css": "text/css", "swagger-ui-bundle.js": "text/javascript",
-               "favicon-32x32.png": "image/png", "favicon-16x16.png": "image/png"}
-
-# ---- schemas ---------------------------------------------------------------------------------------
+from router.openapi_components import REF, component_schemas
 
 
 def _ref(name: str) -> dict[str, str]:
     return {"$ref": REF + name}
 
 
-def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
-    return {"anyOf": [schema, {"type": "null"}]}
-
-
-def _obj(properties: dict[str, Any], required: Iterable[str] = (), description: str | None = None) -> dict[str, Any]:
-    out: dict[str, Any] = {"type": "object", "properties": properties, "required": list(required)}
-    if description:
-        out["description"] = description
-    return out
-
-
 STRING = {"type": "string"}
 INTEGER = {"type": "integer"}
-NUMBER = {"type": "number"}
-BOOLEAN = {"type": "boolean"}
 
-
-# Ranges that router.validation checks (with TGI's messages) rather than the pydantic types, documented here;
-# tests/router/test_openapi.py holds the validator to every bound. Limits set by flags (--max-stop-sequences,
-# --max-top-n-tokens, --max-client-batch-size, token counts) are in /info, not here.
-_OPENAI_RANGES: dict[str, dict[str, Any]] = {
-    "temperature": {"minimum": 0, "description": "0 is greedy; any other value samples"},
-    "top_p": {"exclusiveMinimum": 0, "maximum": 1, "description": "1 means no nucleus filtering"},
-    "frequency_penalty": {"minimum": -2, "maximum": 2},
-    "presence_penalty": {"minimum": -2, "maximum": 2},
-    "max_tokens": {"minimum": 1, "description": "absent: all the room left under max_total_tokens"},
-    "n": {"minimum": 1, "maximum": 1, "description": "one choice per request"},
-}
-RANGES: dict[str, dict[str, dict[str, Any]]] = {
-    "GenerateParameters": {
-        "temperature": {"exclusiveMinimum": 0},
-        "repetition_penalty": {"exclusiveMinimum": 0},
-        "frequency_penalty": {"minimum": -2, "maximum": 2},
-        "presence_penalty": {"minimum": -2, "maximum": 2},
-        "top_k": {"minimum": 1},
-        "top_p": {"exclusiveMinimum": 0, "exclusiveMaximum": 1},
-        "typical_p": {"exclusiveMinimum": 0, "exclusiveMaximum": 1},
-        "max_new_tokens": {"minimum": 1, "description": "absent: all the room left under max_total_tokens"},
-        "truncate": {"minimum": 1, "description": "keep only the last `truncate` input tokens"},
-        "top_n_tokens": {"minimum": 0, "description": "at most --max-top-n-tokens"},
-        "best_of": {"minimum": 1, "description": "values above 1 are not supported by this server yet"},
-        "watermark": {"description": "not supported by this server yet: `true` is refused"},
-        "grammar": {"description": "not supported by this server yet: refused unless null"},
-        "adapter_id": {"description": "not supported by this server yet (no LoRA adapters)"},
-        "stop": {"description": "at most --max-stop-sequences strings"},
-    },
-    "GenerateRequest": {"inputs": {"minLength": 1}},
-    "ChatCompletionRequest": {
-        **_OPENAI_RANGES,
-        "max_completion_tokens": {"minimum": 1, "description": "OpenAI's newer name for max_tokens; wins over it"},
-        "messages": {"minItems": 1},
-        "logit_bias": {"description": "not supported by this server yet: refused unless empty"},
-        "response_format": {"description": "constrained output is not supported by this server yet: any `type` "
-                                           "but `text` is refused"},
-    },
-    "CompletionRequest": {
-        **_OPENAI_RANGES,
-        "repetition_penalty": {"exclusiveMinimum": 0},
-        "logit_bias": {"description": "not supported by this server yet: refused unless empty"},
-        "suffix": {"description": "not supported: refused unless null"},
-    },
-}
-
-
-def _constrain(schema: dict[str, Any], constraints: dict[str, Any]) -> None:
-    """Put range keywords on the non-null branch of an optional field, a description on the field."""
-    constraints = dict(constraints)
-    if "description" in constraints:
-        schema["description"] = constraints.pop("description")
-    if not constraints:
-        return
-    branches = [b for b in schema.get("anyOf", [schema]) if b.get("type") not in (None, "null")]
-    if len(branches) != 1:
-        raise RuntimeError(f"cannot place {constraints} on {schema}")
-    branches[0].update(constraints)
-
-
-def _request_schemas() -> dict[str, Any]:
-    """The request models' JSON schemas with their $defs lifted into components/schemas."""
-    out: dict[str, Any] = {}
-    for name, model in REQUEST_MODELS.items():
-        schema = model.model_json_schema(ref_template=REF + "{model}")
-        for def_name, definition in schema.pop("$defs", {}).items():
-            if def_name in out and out[def_name] != definition:
-                raise RuntimeError(f"two request models define {def_name} differently")
-            out[def_name] = definition
-        out[name] = schema
-    # Before-validators accept more than the annotations say; document what the wire takes (`stop`'s string form
-    # comes from its validator's json_schema_input_type).
-    for name in ("ChatCompletionRequest", "CompletionRequest"):
-        stop = out[name]["properties"]["stop"]
-        stop["description"] = "one stop string or a list of them, at most --max-stop-sequences"
-    logprobs = out["CompletionRequest"]["properties"]["logprobs"]
-    logprobs["anyOf"].insert(0, {"type": "boolean"})
-    logprobs["description"] = "how many alternatives to return per token (0..5); `true` means 0, `false` none"
-    prompt = out["CompletionRequest"]["properties"]["prompt"]
-    one, many = prompt["anyOf"]
-    one["minLength"] = many["items"]["minLength"] = many["minItems"] = 1
-    prompt["description"] = "one prompt, or a list of at most --max-client-batch-size prompts (one choice each)"
-    # Checked by a validator of ChatMessage: a message has content, or tool calls.
-    out["ChatMessage"]["anyOf"] = [
-        {"required": ["content"], "properties": {"content": {"not": {"type": "null"}}}},
-        {"required": ["tool_calls"], "properties": {"tool_calls": {"type": "array", "minItems": 1}}},
-    ]
-    for name, fields in RANGES.items():
-        for field, constraints in fields.items():
-            _constrain(out[name]["properties"][field], constraints)
-    return out
-
-
-FINISH_REASON = {"type": "string", "enum": ["length", "eos_token", "stop_sequence"]}
-OPENAI_FINISH_REASON = {"type": "string", "enum": ["length", "stop"]}
-
-RESPONSE_SCHEMAS: dict[str, Any] = {
-    "ErrorResponse": _obj(
-        {"error": {**STRING, "description": "what went wrong, for people"},
-         "error_type": {**STRING, "description": "a stable kind, for programs",
-                        "examples": ["validation", "overloaded", "generation", "incomplete_generation",
-                                     "template_error", "unauthorized", "unhealthy"]}},
-        ["error", "error_type"], "Body of every error answered before the first byte"),
-    "Token": _obj(
-        {"id": INTEGER, "text": STRING, "logprob": _nullable(NUMBER), "special": BOOLEAN},
-        ["id", "text", "logprob", "special"]),
-    "PrefillToken": _obj({"id": INTEGER, "text": STRING, "logprob": _nullable(NUMBER)}, ["id", "text", "logprob"],
-                         "A prompt token; the first one has no logprob"),
-    "Details": _obj(
-        {"finish_reason": FINISH_REASON, "generated_tokens": INTEGER, "seed": _nullable(INTEGER),
-         "prefill": {"type": "array", "items": _ref("PrefillToken"),
-                     "description": "prompt tokens, filled with decoder_input_details"},
-         "tokens": {"type": "array", "items": _ref("Token")},
-         "top_tokens": {"type": "array", "items": {"type": "array", "items": _ref("Token")},
-                        "description": "only with top_n_tokens"}},
-        ["finish_reason", "generated_tokens", "seed", "prefill", "tokens"]),
-    "GenerateResponse": _obj(
-        {"generated_text": STRING, "details": _ref("Details")}, ["generated_text"],
-        "`details` only when the request asked for it"),
-    "CompatGenerateResponse": {"type": "array", "items": _ref("GenerateResponse"), "minItems": 1, "maxItems": 1},
-    "StreamDetails": _obj(
-        {"finish_reason": FINISH_REASON, "generated_tokens": INTEGER, "seed": _nullable(INTEGER),
-         "input_length": INTEGER},
-        ["finish_reason", "generated_tokens", "seed", "input_length"]),
-    "StreamResponse": _obj(
-        {"index": {**INTEGER, "minimum": 1}, "token": _ref("Token"),
-         "top_tokens": {"type": "array", "items": _ref("Token")},
-         "generated_text": _nullable(STRING), "details": _nullable(_ref("StreamDetails"))},
-        ["index", "token", "generated_text", "details"],
-        "One `data:{json}` event per token; the last one carries generated_text (and details if asked)"),
-    "SimpleToken": _obj(
-        {"id": INTEGER, "text": STRING, "start": {**INTEGER, "description": "character offset"},
-         "stop": {**INTEGER, "description": "character offset, exclusive"}},
-        ["id", "text", "start", "stop"]),
-    "TokenizeResponse": {"type": "array", "items": _ref("SimpleToken")},
-    "Info": _obj(
-        {"model_id": STRING, "model_sha": _nullable(STRING), "model_pipeline_tag": _nullable(STRING),
-         "model_dtype": _nullable(STRING), "model_device_type": _nullable(STRING),
-         "max_concurrent_requests": INTEGER, "max_best_of": INTEGER, "max_stop_sequences": INTEGER,
-         "max_input_tokens": INTEGER, "max_total_tokens": INTEGER, "validation_workers": INTEGER,
-         "max_client_batch_size": INTEGER, "router": STRING, "version": STRING, "sha": _nullable(STRING),
-         "docker_label": _nullable(STRING), "max_batch_total_tokens": INTEGER,
-         "max_batch_prefill_tokens": INTEGER, "waiting_served_ratio": NUMBER, "max_waiting_tokens": INTEGER,
-         "max_batch_size": _nullable(INTEGER)},
-        ["model_id", "model_sha", "model_pipeline_tag", "max_concurrent_requests", "max_best_of",
-         "max_stop_sequences", "max_input_tokens", "max_total_tokens", "validation_workers",
-         "max_client_batch_size", "router", "version", "sha", "docker_label"]),
-    "Model": _obj({"id": STRING, "object": {"const": "model"}, "created": INTEGER, "owned_by": STRING},
-                  ["id", "object", "created", "owned_by"]),
-    "ModelList": _obj({"object": {"const": "list"}, "data": {"type": "array", "items": _ref("Model")}},
-                      ["object", "data"]),
-    "Liveness": _obj({"status": {"const": "alive"}}, ["status"]),
-    "Usage": _obj({"prompt_tokens": INTEGER, "completion_tokens": INTEGER, "total_tokens": INTEGER},
-                  ["prompt_tokens", "completion_tokens", "total_tokens"]),
-    "ChatTokenLogprob": _obj(
-        {"token": STRING, "logprob": _nullable(NUMBER), "bytes": {"type": "array", "items": INTEGER},
-         "top_logprobs": {"type": "array", "items": _obj(
-             {"token": STRING, "logprob": _nullable(NUMBER), "bytes": {"type": "array", "items": INTEGER}},
-             ["token", "logprob"])}},
-        ["token", "logprob"]),
-    "ChatLogprobs": _obj({"content": {"type": "array", "items": _ref("ChatTokenLogprob")}}, ["content"]),
-    "ChatCompletion": _obj(
-        {"id": STRING, "object": {"const": "chat.completion"}, "created": INTEGER, "model": STRING,
-         "system_fingerprint": STRING,
-         "choices": {"type": "array", "items": _obj(
-             {"index": INTEGER,
-              "message": _obj({"role": {"const": "assistant"}, "content": STRING}, ["role", "content"]),
-              "logprobs": _nullable(_ref("ChatLogprobs")), "finish_reason": OPENAI_FINISH_REASON},
-             ["index", "message", "logprobs", "finish_reason"])},
-         "usage": _ref("Usage")},
-        ["id", "object", "created", "model", "choices", "usage"]),
-    "ChatCompletionChunk": _obj(
-        {"id": STRING, "object": {"const": "chat.completion.chunk"}, "created": INTEGER, "model": STRING,
-         "system_fingerprint": STRING,
-         "choices": {"type": "array", "items": _obj(
-             {"index": INTEGER,
-              "delta": _obj({"role": {"const": "assistant"}, "content": STRING}),
-              "logprobs": _nullable(_ref("ChatLogprobs")), "finish_reason": _nullable(OPENAI_FINISH_REASON)},
-             ["index", "delta", "finish_reason"])},
-         "usage": _ref("Usage")},
-        ["id", "object", "created", "model", "choices"],
-        "One `data: {json}` event per token; with stream_options.include_usage a last chunk with no choices "
-        "carries usage; the stream ends with `data: [DONE]`"),
-    "CompletionLogprobs": _obj(
-        {"tokens": {"type": "array", "items": STRING},
-         "token_logprobs": {"type": "array", "items": _nullable(NUMBER)},
-         "top_logprobs": {"type": "array", "items": {"type": "object", "additionalProperties": _nullable(NUMBER)}},
-         "text_offset": {"type": "array", "items": INTEGER}},
-        ["tokens", "token_logprobs", "top_logprobs", "text_offset"]),
-    "Completion": _obj(
-        {"id": STRING, "object": {"const": "text_completion"}, "created": INTEGER, "model": STRING,
-         "system_fingerprint": STRING,
-         "choices": {"type": "array", "items": _ref("CompletionChoice")},
-         "usage": _ref("Usage")},
-        ["id", "object", "created", "model", "choices"],
-        "The whole answer, or (streaming) one event per token with usage-only last chunk if asked"),
-    "CompletionChoice": _obj(
-        {"index": INTEGER, "text": STRING, "logprobs": _nullable(_ref("CompletionLogprobs")),
-         "finish_reason": _nullable(OPENAI_FINISH_REASON)},
-        ["index", "text", "logprobs", "finish_reason"]),
-}
 
 # ---- responses -------------------------------------------------------------------------------------
 
@@ -486,7 +249,6 @@ def build_openapi(version: str, model_id: str, open_paths: Iterable[str] = OPEN_
         if path in open_paths:
             for operation in item.values():
                 operation["security"] = []
-    schemas = {**_request_schemas(), **RESPONSE_SCHEMAS}
     document = {
         "openapi": "3.1.0",
         "info": {
@@ -504,7 +266,7 @@ def build_openapi(version: str, model_id: str, open_paths: Iterable[str] = OPEN_
         ],
         "paths": paths,
         "components": {
-            "schemas": schemas,
+            "schemas": component_schemas(),
             "securitySchemes": {"BearerAuth": {
                 "type": "http", "scheme": "bearer",
                 "description": "`Authorization: Bearer <key>`, enforced only when the server runs with "
@@ -515,91 +277,3 @@ def build_openapi(version: str, model_id: str, open_paths: Iterable[str] = OPEN_
     }
     # A tree of its own: the module's constants are shared between operations, and callers may edit it.
     return copy.deepcopy(document)
-
-
-# ---- serving ---------------------------------------------------------------------------------------
-
-
-def _swagger_ui_dir() -> Path | None:
-    try:
-        from swagger_ui_bundle import swagger_ui_path
-    except ImportError:
-        return None
-    path = Path(str(swagger_ui_path))
-    return path if all((path / name).is_file() for name in DOCS_ASSETS) else None
-
-
-SWAGGER_PAGE = """<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<title>{title}</title>
-<link rel="stylesheet" href="docs/static/swagger-ui.css">
-<link rel="icon" type="image/png" href="docs/static/favicon-32x32.png" sizes="32x32">
-<link rel="icon" type="image/png" href="docs/static/favicon-16x16.png" sizes="16x16">
-</head>
-<body>
-<div id="swagger-ui"></div>
-<noscript>{routes}</noscript>
-<script src="docs/static/swagger-ui-bundle.js" charset="utf-8"></script>
-<script>
-window.onload = function () {{
-  window.ui = SwaggerUIBundle({{url: "openapi.json", dom_id: "#swagger-ui", deepLinking: true,
-                               presets: [SwaggerUIBundle.presets.apis], layout: "BaseLayout"}});
-}};
-</script>
-</body>
-</html>
-"""
-
-PLAIN_PAGE = """<!DOCTYPE html>
-<html lang="en">
-<head><meta charset="utf-8"><title>{title}</title>
-<style>body{{font-family:sans-serif;max-width:60em;margin:2em auto}}code{{font-weight:bold}}</style></head>
-<body>
-<h1>{title}</h1>
-<p>The full description is the OpenAPI document at <a href="openapi.json">/openapi.json</a>.</p>
-{routes}
-</body>
-</html>
-"""
-
-
-def _route_list(spec: dict[str, Any]) -> str:
-    items = []
-    for path, item in spec["paths"].items():
-        for method, operation in item.items():
-            items.append(f"<li><code>{html.escape(method.upper())} {html.escape(path)}</code> "
-                         f"{html.escape(operation.get('summary', ''))}</li>")
-    return "<ul>" + "".join(items) + "</ul>"
-
-
-def docs_page(spec: dict[str, Any], swagger_ui: bool) -> str:
-    """The /docs HTML: Swagger UI when its files are installed, else a plain list of the routes."""
-    title = html.escape(f"{spec['info']['title']} {spec['info']['version']} API")
-    return (SWAGGER_PAGE if swagger_ui else PLAIN_PAGE).format(title=title, routes=_route_list(spec))
-
-
-def add_openapi_routes(app: web.Application, spec: dict[str, Any]) -> None:
-    """GET /openapi.json, GET /docs and (when Swagger UI is installed) GET /docs/static/{name}."""
-    document = json.dumps(spec, ensure_ascii=False).encode()
-    assets = _swagger_ui_dir()
-    page = docs_page(spec, swagger_ui=assets is not None)
-
-    async def openapi_json(request: web.Request) -> web.Response:
-        return web.Response(body=document, content_type="application/json")
-
-    async def docs(request: web.Request) -> web.Response:
-        return web.Response(text=page, content_type="text/html")
-
-    routes = [web.get("/openapi.json", openapi_json), web.get("/docs", docs)]
-    if assets is not None:
-        async def static(request: web.Request) -> web.StreamResponse:
-            name = request.match_info["name"]
-            if name not in DOCS_ASSETS:  # an allow-list: nothing else of the package is reachable
-                raise web.HTTPNotFound()
-            return web.FileResponse(assets / name, headers={"Content-Type": DOCS_ASSETS[name],
-                                                            "Cache-Control": "public, max-age=86400"})
-
-        routes.append(web.get("/docs/static/{name}", static))
-    app.add_routes(routes)

@@ -7,14 +7,11 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from router.stream import Finished, RequestStream
-from router.types import ValidRequest
+from common.arith import ceil_div
+from router.stream import RequestStream
+from router.types import Finished, ValidRequest
 
 _ids = itertools.count()
-
-
-def blocks_for(tokens: int, block_size: int) -> int:
-    return -(-tokens // block_size)
 
 
 @dataclass
@@ -25,6 +22,8 @@ class Entry:
     queued_at: float = field(default_factory=time.monotonic)
     batched_at: float | None = None
     first_token_at: float | None = None  # prefill returned (the batcher stamps it)
+    # prompt tokens the shard's prefix cache held, from the first generation (None before it)
+    cached_prompt_tokens: int | None = None
     finished: Finished | None = None  # the last token's Finished (the batcher sets it)
 
     @property
@@ -33,7 +32,7 @@ class Entry:
 
     def cache_tokens(self, block_size: int) -> int:
         """KV slots the shard reserves for this request: whole blocks."""
-        return blocks_for(self.max_tokens, block_size) * block_size
+        return ceil_div(self.max_tokens, block_size) * block_size
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
@@ -17,11 +16,13 @@ from router.config import RouterConfig
 from router.metrics import Metrics
 from router.middleware import api_key_middleware, cors_middleware, cors_on_prepare
 from router.queue import Entry
-from router.responses import error_response, generate_body, sse_event, stream_event_bytes
+from router.response_schemas import CompatGenerateResponse, ErrorResponse, Info, Liveness, TokenizeResponse
+from router.responses import error_response, generate_response, json_response, sse_event, stream_event_bytes
 from router.schemas import GenerateRequest
 from router.shard_client import ShardClient, ShardError
 from router.sse import SseResponse, StreamFailedBeforeFirstByte, pump_events
 from router.stream import ErrorEvent, TokenEvent
+from router.timings import RequestTimings
 from router.tracing import RequestTimeline, Tracing
 from router.types import ValidRequest
 from router.validation import ValidationError, Validator, parse_generate_request, parse_tokenize_request
@@ -274,57 +275,42 @@ class Router:
     def observe_token_overhead(self, event: TokenEvent) -> None:
         self.metrics.token_written(event.received_at)
 
-    def record_success(self, valid: ValidRequest, entry: Entry, generated_tokens: int) -> None:
+    def record_success(self, valid: ValidRequest, entry: Entry, generated_tokens: int) -> RequestTimings:
+        """Metrics and the log line of a request that got its last token; returns its timings."""
+        timings = RequestTimings.measure(valid, entry, generated_tokens)
         m = self.metrics
-        now = time.monotonic()
-        batched = entry.batched_at or now
         m.request_success.inc()
-        m.request_duration.observe(now - entry.queued_at + valid.validation_seconds)
-        m.request_queue_duration.observe(batched - entry.queued_at)
-        m.request_inference_duration.observe(now - batched)
-        m.request_mean_time_per_token_duration.observe((now - batched) / max(generated_tokens, 1))
+        m.request_duration.observe(timings.total)
+        m.request_queue_duration.observe(timings.queue)
+        m.request_inference_duration.observe(timings.inference)
+        m.request_mean_time_per_token_duration.observe(timings.time_per_token)
         m.request_generated_tokens.observe(generated_tokens)
-        inference = now - batched
+        cached = entry.cached_prompt_tokens or 0  # of input_tokens, reused from the shards' prefix cache
         log.info(
-            "request %d done: input_tokens=%d generated_tokens=%d validation=%.1fms queue=%.1fms "
-            "inference=%.1fms time_per_token=%.1fms", entry.id, valid.input_length, generated_tokens,
-            valid.validation_seconds * 1e3, (batched - entry.queued_at) * 1e3, inference * 1e3,
-            inference * 1e3 / max(generated_tokens, 1),
-            extra={"request_id": entry.id, "input_tokens": valid.input_length, "generated_tokens": generated_tokens,
-                   "validation_ms": round(valid.validation_seconds * 1e3, 3),
-                   "queue_ms": round((batched - entry.queued_at) * 1e3, 3), "inference_ms": round(inference * 1e3, 3),
-                   "time_per_token_ms": round(inference * 1e3 / max(generated_tokens, 1), 3)},
+            "request %d done: input_tokens=%d cached_tokens=%d generated_tokens=%d validation=%.1fms queue=%.1fms "
+            "inference=%.1fms time_per_token=%.1fms", entry.id, valid.input_length, cached, generated_tokens,
+            timings.validation * 1e3, timings.queue * 1e3, timings.inference * 1e3, timings.time_per_token * 1e3,
+            extra={"request_id": entry.id, "input_tokens": valid.input_length, "cached_tokens": cached,
+                   "generated_tokens": generated_tokens, **timings.log_fields()},
         )
+        return timings
 
     async def _complete(self, valid: ValidRequest, entry: Entry, as_list: bool) -> web.Response:
-        start = time.monotonic()
         events = await self.collect(entry)
         finished = events[-1].finished
         assert finished is not None
-        body = generate_body(valid, events, finished)
-        self.record_success(valid, entry, finished.generated_tokens)
-        return web.json_response([body] if as_list else body, headers=self._timing_headers(valid, entry, start,
-                                                                                          finished.generated_tokens))
-
-    def _timing_headers(self, valid: ValidRequest, entry: Entry, start: float, generated: int) -> dict:
-        now = time.monotonic()
-        queue = (entry.batched_at or now) - entry.queued_at
-        inference = now - (entry.batched_at or now)
-        total = now - start + valid.validation_seconds
-        return {
-            "x-compute-type": "cpu", "x-compute-time": f"{total:.6f}", "x-total-time": str(int(total * 1000)),
-            "x-validation-time": str(int(valid.validation_seconds * 1000)), "x-queue-time": str(int(queue * 1000)),
-            "x-inference-time": str(int(inference * 1000)),
-            "x-time-per-token": str(int(inference * 1000 / max(generated, 1))),
-            "x-prompt-tokens": str(valid.input_length), "x-generated-tokens": str(generated),
-        }
+        body = generate_response(valid, events, finished)
+        timings = self.record_success(valid, entry, finished.generated_tokens)
+        return json_response(CompatGenerateResponse([body]) if as_list else body,
+                             headers=timings.headers(valid.input_length))
 
     async def _stream(self, request: web.Request, valid: ValidRequest, entry: Entry) -> web.StreamResponse:
         sse = SseResponse(request)
         try:
             last = await pump_events(
                 sse, entry.stream, lambda e: stream_event_bytes(valid, e),
-                lambda e: sse_event({"error": e.message, "error_type": e.error_type}), self.config.sse_ping_interval,
+                lambda e: sse_event(ErrorResponse(error=e.message, error_type=e.error_type)),
+                self.config.sse_ping_interval,
                 self.observe_token_overhead,
             )
         except StreamFailedBeforeFirstByte as exc:
@@ -352,31 +338,30 @@ class Router:
 
     async def tokenize(self, request: web.Request) -> web.Response:
         try:
-            body = await self._read_json_body(request)
-        except BodyTimeout:
-            return await self._body_timed_out(request)
-        try:
+            body = await self._read_json_body(request)  # PayloadTooLarge (413) is a ValidationError too
             parsed = parse_tokenize_request(body)
             tokens = await asyncio.to_thread(self.validator.tokenize, parsed.inputs, parsed.add_special_tokens)
+        except BodyTimeout:
+            return await self._body_timed_out(request)
         except ValidationError as exc:
             return error_response(413 if isinstance(exc, PayloadTooLarge) else 422, str(exc), "validation")
-        return web.json_response(tokens)
+        return json_response(TokenizeResponse.model_validate(tokens))
 
     async def info(self, request: web.Request) -> web.Response:
         c = self.config
-        return web.json_response({
-            "model_id": c.model_id, "model_sha": None, "model_pipeline_tag": "text-generation",
-            "model_dtype": None, "model_device_type": "cpu",
-            "max_concurrent_requests": c.max_concurrent_requests, "max_best_of": c.max_best_of,
-            "max_stop_sequences": c.max_stop_sequences, "max_input_tokens": c.max_input_tokens,
-            "max_total_tokens": c.max_total_tokens, "validation_workers": 1,
-            "max_client_batch_size": c.max_client_batch_size, "router": "tgi-py", "version": VERSION,
-            "sha": None, "docker_label": None,
-            "max_batch_total_tokens": self.max_batch_total_tokens,
-            "max_batch_prefill_tokens": c.max_batch_prefill_tokens,
-            "waiting_served_ratio": c.waiting_served_ratio, "max_waiting_tokens": c.max_waiting_tokens,
-            "max_batch_size": c.max_batch_size,
-        })
+        return json_response(Info(
+            model_id=c.model_id, model_sha=None, model_pipeline_tag="text-generation",
+            model_dtype=None, model_device_type="cpu",
+            max_concurrent_requests=c.max_concurrent_requests, max_best_of=c.max_best_of,
+            max_stop_sequences=c.max_stop_sequences, max_input_tokens=c.max_input_tokens,
+            max_total_tokens=c.max_total_tokens, validation_workers=1,
+            max_client_batch_size=c.max_client_batch_size, router="tgi-py", version=VERSION,
+            sha=None, docker_label=None,
+            max_batch_total_tokens=self.max_batch_total_tokens,
+            max_batch_prefill_tokens=c.max_batch_prefill_tokens,
+            waiting_served_ratio=c.waiting_served_ratio, max_waiting_tokens=c.max_waiting_tokens,
+            max_batch_size=c.max_batch_size,
+        ))
 
     async def metrics_route(self, request: web.Request) -> web.Response:
         return web.Response(body=self.metrics.render(), content_type="text/plain", charset="utf-8")
@@ -388,7 +373,7 @@ class Router:
             return error_response(503, f"a shard step has not returned for {stalled:.0f} s", "unhealthy")
         if self.batcher_task is not None and self.batcher_task.done():
             return error_response(503, "the batching loop has stopped", "unhealthy")
-        return web.json_response({"status": "alive"})
+        return json_response(Liveness(status="alive"))
 
     async def health(self, request: web.Request) -> web.Response:
         """Readiness: warmed up, not draining, every shard answers."""

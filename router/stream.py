@@ -7,30 +7,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
-FINISH_REASONS = {0: "length", 1: "eos_token", 2: "stop_sequence"}
+from router.types import Finished, Token
 
 
-# Token and TokenEvent are NamedTuples: one of each is built per streamed token on the batcher's hot path,
-# and a tuple is built several times faster than a frozen dataclass (which sets each field through
-# object.__setattr__).
-class Token(NamedTuple):
-    id: int
-    text: str
-    logprob: float | None
-    special: bool
-
-    def to_json(self) -> dict:
-        return {"id": self.id, "text": self.text, "logprob": self.logprob, "special": self.special}
-
-
-@dataclass(frozen=True)
-class Finished:
-    generated_text: str
-    finish_reason: str  # length | eos_token | stop_sequence
-    generated_tokens: int
-    seed: int | None
-
-
+# TokenEvent is a NamedTuple: one is built per streamed token on the batcher's hot path (see router.types).
 class TokenEvent(NamedTuple):
     index: int  # counts from 1
     token: Token

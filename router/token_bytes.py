@@ -15,7 +15,7 @@ import re
 
 import tokenizers
 
-from router.stream import Token
+from router.types import Token
 
 _BYTE_TOKEN = re.compile(r"<0x([0-9A-Fa-f]{2})>")
 _METASPACE = "\u2581"

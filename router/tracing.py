@@ -7,7 +7,7 @@ times, so nothing about tracing sits on the hot path of the batcher:
     request                 SERVER, received .. finished; ERROR with the error type when it failed
     ├── validation          received .. validated
     ├── queue               queued .. batched
-    ├── prefill             batched .. first_token
+    ├── prefill             batched .. first_token; prompt tokens reused from the prefix cache
     └── decode              first_token .. finished
 
 A phase that never started has no span (rejected by admission, cancelled while queued); the last phase a
@@ -48,6 +48,7 @@ class RequestTimeline:
     finished_ns: int | None = None  # the answer is out (or the request failed / was dropped)
     request_id: int | None = None
     input_length: int | None = None
+    cached_prompt_tokens: int | None = None  # of input_length, reused from the shards' prefix cache
     max_new_tokens: int | None = None
     generated_tokens: int | None = None
     finish_reason: str | None = None  # length | eos_token | stop_sequence
@@ -72,9 +73,9 @@ class RequestTimeline:
         """Copy what a queue Entry knows: its id, sizes, and its monotonic stamps as wall-clock ones.
 
         Call it once the request is over. Reads `queued_at` and `batched_at`, and where they exist
-        `entry.first_token_at`, `entry.finished` (a router.stream.Finished) and `entry.stream.error` (the
-        ErrorEvent it ended with); without `finished`, generated_tokens is what its stream sent. A stream that
-        neither finished nor failed means the client went away: error_type "dropped".
+        `entry.first_token_at`, `entry.cached_prompt_tokens`, `entry.finished` (a router.stream.Finished) and
+        `entry.stream.error` (the ErrorEvent it ended with); without `finished`, generated_tokens is what its
+        stream sent. A stream that neither finished nor failed means the client went away: error_type "dropped".
         """
         request = entry.request
         self.request_id = entry.id
@@ -85,6 +86,7 @@ class RequestTimeline:
             self.validated_ns = self.queued_ns
         self.batched_ns = self.wall_ns(entry.batched_at)
         self.first_token_ns = self.wall_ns(getattr(entry, "first_token_at", None))
+        self.cached_prompt_tokens = getattr(entry, "cached_prompt_tokens", None)
         finished = getattr(entry, "finished", None)
         if finished is not None:
             self.generated_tokens = finished.generated_tokens
@@ -221,6 +223,7 @@ def _root_attributes(t: RequestTimeline) -> dict[str, Any]:
         "gen_ai.request.model": t.model_id,
         "gen_ai.request.max_tokens": t.max_new_tokens,
         "gen_ai.usage.input_tokens": t.input_length,
+        "gen_ai.usage.cache_read.input_tokens": t.cached_prompt_tokens,
         "gen_ai.usage.output_tokens": t.generated_tokens,
         "gen_ai.response.finish_reasons": [t.finish_reason] if t.finish_reason else None,
         "tgi.request_id": t.request_id,
@@ -232,6 +235,9 @@ def _root_attributes(t: RequestTimeline) -> dict[str, Any]:
 def _phase_attributes(name: str, t: RequestTimeline) -> dict[str, Any]:
     if name == "validation":
         return _clean({"gen_ai.usage.input_tokens": t.input_length, "gen_ai.request.max_tokens": t.max_new_tokens})
-    if name == "queue" or name == "prefill":
+    if name == "queue":
         return _clean({"tgi.request_id": t.request_id, "gen_ai.usage.input_tokens": t.input_length})
+    if name == "prefill":  # OpenTelemetry's (experimental) name for prompt tokens served from a cache
+        return _clean({"tgi.request_id": t.request_id, "gen_ai.usage.input_tokens": t.input_length,
+                       "gen_ai.usage.cache_read.input_tokens": t.cached_prompt_tokens})
     return _clean({"tgi.request_id": t.request_id, "gen_ai.usage.output_tokens": t.generated_tokens})

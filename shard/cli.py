@@ -14,7 +14,8 @@ from pathlib import Path
 import grpc
 import torch
 
-from router.logs import setup_logging
+from common.logs import setup_logging
+from common.sockets import shard_socket_path
 from shard.cpu_budget import cpu_budget
 from shard.detokenize import special_token_ids
 from shard.distributed import Distributed
@@ -40,6 +41,16 @@ def _thread_count(text: str) -> int:
     return value
 
 
+def _on_off(text: str) -> bool:
+    """true/false, 1/0, yes/no, on/off (as the launcher's PREFIX_CACHING takes them)."""
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, not {text!r}")
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="tgi-py shard: one tensor-parallel rank")
     parser.add_argument("--model-dir", type=Path, required=True)
@@ -52,6 +63,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--json-output", action="store_true", help="Log JSON lines instead of text.")
     parser.add_argument("--prefill-chunk-tokens", type=int, default=int(os.environ.get("PREFILL_CHUNK_TOKENS", 256)),
                         help="prompt tokens fed per step while other requests decode (chunked prefill)")
+    parser.add_argument("--prefix-caching", type=_on_off, default=_on_off(os.environ.get("PREFIX_CACHING", "true")),
+                        help="reuse the KV blocks of prompt prefixes computed before (true/false; default true)")
     parser.add_argument("--threads", type=_thread_count, default=None,
                         help="CPU threads (beats OMP_NUM_THREADS; default: the CPUs this process may use, "
                              "from its affinity mask and cgroup quota, divided among the node's shards)")
@@ -66,7 +79,8 @@ def build_engine(args: argparse.Namespace, dist: Distributed) -> Engine:
     if architecture in LLAMA_FAMILY:
         weights = Weights(args.model_dir, DTYPES[args.dtype], dist.device)
         model = LlamaModel(ModelConfig.load(args.model_dir), weights, dist)
-        runner = PagedRunner(model, dist, args.kv_cache_bytes, args.block_size)
+        runner = PagedRunner(model, dist, args.kv_cache_bytes, args.block_size,
+                             getattr(args, "prefix_caching", True))
         weight_bytes = weights.bytes_loaded
     elif dist.world_size > 1:
         raise SystemExit(
@@ -78,12 +92,15 @@ def build_engine(args: argparse.Namespace, dist: Distributed) -> Engine:
         weight_bytes = runner.weight_bytes
         log.warning("%s is served by the generic transformers path: correct, one request per forward",
                     architecture)
+        if getattr(args, "prefix_caching", True):
+            log.warning("prefix caching is off for %s: the generic transformers path keeps one cache per "
+                        "request and cannot share blocks", architecture)
     tokenizer = Tokenizer.from_file(str(args.model_dir / "tokenizer.json"))
     engine = Engine(runner, tokenizer, eos_token_ids_for(args.model_dir, tokenizer), special_token_ids(tokenizer),
                     getattr(args, "prefill_chunk_tokens", 256))
     engine.weight_bytes = weight_bytes
-    log.info("rank %d/%d loaded %s: %.1f MB of weights (%s)", dist.rank, dist.world_size,
-             architecture, weight_bytes / 1e6, args.dtype)
+    log.info("rank %d/%d loaded %s: %.1f MB of weights (%s), prefix caching %s", dist.rank, dist.world_size,
+             architecture, weight_bytes / 1e6, args.dtype, "on" if runner.prefix_caching else "off")
     return engine
 
 
@@ -110,7 +127,7 @@ async def serve(args: argparse.Namespace) -> None:
         return build_engine(args, dist)
 
     engine = await asyncio.get_running_loop().run_in_executor(engine_thread, start_engine)
-    socket_path = f"{args.uds_path}-{dist.rank}"
+    socket_path = shard_socket_path(args.uds_path, dist.rank)
     # Ranks on node 0 (the router's) answer on their unix socket; ranks on other nodes also listen on
     # TCP and tell rank 0 where, so that ServiceDiscovery lists every rank the router must call.
     tcp_port = os.environ.get("SHARD_PORT")
@@ -123,7 +140,8 @@ async def serve(args: argparse.Namespace) -> None:
     urls = dist.all_gather_strings(own_url)
     info = pb.InfoResponse(
         requires_padding=False, dtype=args.dtype, device_type=dist.device.type, speculate=0,
-        support_chunking=engine.runner.supports_chunking, use_prefix_caching=False, attention_impl="paged-sdpa",
+        support_chunking=engine.runner.supports_chunking, use_prefix_caching=engine.runner.prefix_caching,
+        attention_impl=engine.runner.attention_impl,
         block_size=engine.runner.block_size, model_id=args.model_id or str(args.model_dir),
         world_size=dist.world_size, max_position_embeddings=engine.runner.max_position_embeddings,
     )
@@ -158,7 +176,7 @@ async def serve(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    # The router's formats (router/logs.py imports nothing but the standard library): one log stream.
+    # The router's formats (common/logs.py, shared by every process): one log stream.
     setup_logging(args.json_output, os.environ.get("LOG_LEVEL", "INFO"))
     asyncio.run(serve(args))
 

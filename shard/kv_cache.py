@@ -1,4 +1,7 @@
-"""Paged KV cache: fixed-size blocks in one pool per layer, handed out to requests by a free list."""
+"""Paged KV cache: fixed-size blocks in one pool per layer (the tensors), and where a position's slot is.
+
+Which request holds which blocks is shard/block_manager.py's business.
+"""
 
 from __future__ import annotations
 
@@ -6,29 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
-
-class OutOfBlocks(RuntimeError):
-    pass
-
-
-class BlockAllocator:
-    """Hands out block ids; a request's blocks need not be contiguous (its block table maps them)."""
-
-    def __init__(self, num_blocks: int) -> None:
-        self.num_blocks = num_blocks
-        self._free = list(range(num_blocks - 1, -1, -1))
-
-    @property
-    def free_blocks(self) -> int:
-        return len(self._free)
-
-    def allocate(self, count: int) -> list[int]:
-        if count > len(self._free):
-            raise OutOfBlocks(f"need {count} KV blocks, {len(self._free)} free of {self.num_blocks}")
-        return [self._free.pop() for _ in range(count)]
-
-    def free(self, blocks: list[int]) -> None:
-        self._free.extend(reversed(blocks))
+from common.arith import ceil_div
 
 
 @dataclass
@@ -60,10 +41,6 @@ class KVCache:
         return 2 * num_layers * kv_heads * head_dim * torch.empty((), dtype=dtype).element_size()
 
 
-def blocks_needed(tokens: int, block_size: int) -> int:
-    return -(-tokens // block_size)
-
-
 def slots_of(block_table: list[int], start: int, end: int, block_size: int) -> list[int]:
     """Cache slot of every position in [start, end) of a sequence with this block table."""
     return [block_table[p // block_size] * block_size + p % block_size for p in range(start, end)]
@@ -85,7 +62,7 @@ def padded_block_tables(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Each sequence's blocks covering its `lengths` cached positions, padded: int32 [B, max_blocks], and
     the lengths as int32 [B]. Attention that reads the paged cache in place needs only these."""
-    max_blocks = blocks_needed(max(lengths), block_size)
+    max_blocks = ceil_div(max(lengths), block_size)
     rows = [bt[:max_blocks] + [0] * (max_blocks - len(bt[:max_blocks])) for bt in tables]
     return (torch.tensor(rows, dtype=torch.int32, device=device),
             torch.tensor(lengths, dtype=torch.int32, device=device))

@@ -1,12 +1,19 @@
-"""One request inside the shard: its ids, cache blocks, token chooser, stop rules and text."""
+"""One request inside the shard: its ids, cache blocks, token chooser, stop rules and text.
+
+Created when the request is admitted; from then on only shard/postprocess.py changes it (the block
+table aside, which admission sets and release clears, and what admission found in the prefix cache).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from tokenizers import Tokenizer
+
 from shard.detokenize import IncrementalDetokenizer
 from shard.sampling import RequestSampler
 from shard.stopping import FinishReason, StoppingCriteria, StopSequenceFilter
+from shard.types import Request
 
 
 @dataclass
@@ -26,11 +33,37 @@ class RequestState:
     finish_reason: FinishReason | None = field(default=None)
     # Text released to the client so far: generated_text at the end.
     text: str = ""
-    # Where this request's keys/values live: paged cache blocks, or a model's own cache object.
+    # The cache blocks the request holds (from the runner's block manager; a runner without paged
+    # blocks keeps what it needs to give the room back here).
     block_table: list[int] = field(default_factory=list)
-    model_cache: object | None = None
+    # Prefix-cache keys of the leading blocks full of computed keys/values (shard/block_manager.py
+    # chain_hashes): those reused at admission, then each block as the postprocess sees it fill.
+    block_hashes: list[bytes] = field(default_factory=list)
+    # Prompt tokens reused from the prefix cache at admission (reported with the first generation).
+    reused_prompt_tokens: int = 0
     # Logprobs of prompt tokens 1.. as chunks are prefilled (decoder_input_details).
     prefill_logprob_values: list[float] = field(default_factory=list)
+
+    @classmethod
+    def admit(cls, request: Request, tokenizer: Tokenizer, eos_token_ids: frozenset[int],
+              special_ids: frozenset[int]) -> RequestState:
+        """The state of a new request: its prompt ids (encoded here if the router sent text), truncated."""
+        ids = list(request.input_ids) or tokenizer.encode(request.inputs).ids
+        if request.truncate and len(ids) > request.truncate:
+            ids = ids[-request.truncate:]
+        max_new = max(1, request.max_new_tokens)
+        return cls(
+            id=request.id,
+            input_length=len(ids),
+            max_new_tokens=max_new,
+            all_ids=ids,
+            sampler=RequestSampler(request.parameters),
+            stopping=StoppingCriteria(eos_token_ids, max_new, request.ignore_eos_token),
+            detokenizer=IncrementalDetokenizer(tokenizer, ids, special_ids),
+            stop_filter=StopSequenceFilter(list(request.stop_sequences)),
+            top_n_tokens=request.top_n_tokens,
+            prefill_logprobs=request.prefill_logprobs,
+        )
 
     @property
     def generated_ids(self) -> list[int]:

@@ -10,58 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
+from common.sampling import SamplingParameters
+
 NEG_INF = float("-inf")
-
-
-def _unset_to_one(value: float) -> float:
-    # proto3 floats default to 0.0, which for these fields means "not set", never a real value.
-    return value if value != 0.0 else 1.0
-
-
-@dataclass(frozen=True)
-class SamplingParams:
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    typical_p: float = 1.0
-    do_sample: bool = False
-    seed: int = 0
-    repetition_penalty: float = 1.0
-    frequency_penalty: float = 0.0
-    presence_penalty: float = 0.0
-
-    @classmethod
-    def from_proto(cls, p: Any) -> SamplingParams:
-        """From a generate_pb2.NextTokenChooserParameters."""
-        return cls(
-            temperature=_unset_to_one(p.temperature),
-            top_k=max(int(p.top_k), 0),
-            top_p=_unset_to_one(p.top_p),
-            typical_p=_unset_to_one(p.typical_p),
-            do_sample=bool(p.do_sample),
-            seed=int(p.seed),
-            repetition_penalty=_unset_to_one(p.repetition_penalty),
-            frequency_penalty=float(p.frequency_penalty),
-            presence_penalty=float(p.presence_penalty),
-        )
-
-    @property
-    def has_warpers(self) -> bool:
-        return self.temperature != 1.0 or self.top_k > 0 or self.top_p < 1.0 or self.typical_p < 1.0
-
-    @property
-    def has_penalties(self) -> bool:
-        return self.repetition_penalty != 1.0 or self.frequency_penalty != 0.0 or self.presence_penalty != 0.0
-
-    @property
-    def sampling(self) -> bool:
-        """Sample rather than take the argmax. As in TGI, setting any warper turns sampling on
-        (CONTRACT section 1), so a greedy row always has neutral warpers."""
-        return self.do_sample or self.has_warpers
 
 
 class RequestSampler:
@@ -71,10 +25,10 @@ class RequestSampler:
     draws depend only on its seed and its own logits, never on the batch it shares or its row there.
     """
 
-    def __init__(self, params: SamplingParams) -> None:
+    def __init__(self, params: SamplingParameters) -> None:
         self.params = params
         self.generator = torch.Generator(device="cpu")
-        self.generator.manual_seed(params.seed)
+        self.generator.manual_seed(params.seed or 0)  # None: a greedy request that draws nothing
 
     def next_uniform(self) -> float:
         """A number in [0, 1) from this request's stream."""
@@ -92,7 +46,7 @@ class ChosenTokens:
 def choose_tokens(
     logits: torch.Tensor,
     samplers: Sequence[RequestSampler],
-    histories: Sequence[Sequence[int] | torch.Tensor],
+    histories: Sequence[Sequence[int]],
     top_n_tokens: Sequence[int],
 ) -> ChosenTokens:
     """Choose the next token of every request from its last-position logits [B, V].
@@ -121,14 +75,23 @@ def choose_tokens(
     )
 
 
+def prompt_token_logprobs(logits: torch.Tensor, next_ids: Sequence[int]) -> list[float]:
+    """Logprob of next_ids[i] under logits[i]: logits at prompt position p score the token at p + 1
+    (decoder_input_details). The prompt's logits are scored as the model gives them, unprocessed."""
+    if not next_ids:
+        return []
+    targets = torch.tensor(next_ids, device=logits.device)[:, None]
+    return torch.log_softmax(logits[: len(next_ids)], dim=-1).gather(1, targets).squeeze(1).tolist()
+
+
 def _column(values: Sequence[float], like: torch.Tensor) -> torch.Tensor:
     return torch.tensor(values, dtype=like.dtype, device=like.device).unsqueeze(1)
 
 
 def _apply_penalties(
     scores: torch.Tensor,
-    params: Sequence[SamplingParams],
-    histories: Sequence[Sequence[int] | torch.Tensor],
+    params: Sequence[SamplingParameters],
+    histories: Sequence[Sequence[int]],
 ) -> torch.Tensor:
     # Token counts per row as one scatter: the histories of penalised rows are flattened into
     # (row, id) pairs, so no padding and no Python work per token.
@@ -149,21 +112,15 @@ def _apply_penalties(
     return scores - frequency * counts - presence * present.to(scores.dtype)
 
 
-def _flatten_histories(
-    histories: Sequence[Sequence[int] | torch.Tensor], device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """All ids in one tensor on `device`, and each history's length (on the CPU)."""
+def _flatten_histories(histories: Sequence[Sequence[int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """All ids in one tensor on `device` (one host-to-device copy for the batch), and each history's
+    length (on the CPU)."""
     lengths = torch.tensor([len(h) for h in histories], dtype=torch.long)
-    if not any(isinstance(h, torch.Tensor) for h in histories):
-        # Plain lists: one host-to-device copy for the whole batch.
-        flat = [token for history in histories for token in history]
-        return torch.tensor(flat, dtype=torch.long, device=device), lengths
-    # The engine may keep histories as tensors (possibly already on the device); no round trip then.
-    chunks = [torch.as_tensor(h, dtype=torch.long).flatten().to(device) for h in histories]
-    return torch.cat(chunks), lengths
+    flat = [token for history in histories for token in history]
+    return torch.tensor(flat, dtype=torch.long, device=device), lengths
 
 
-def _apply_warpers(scores: torch.Tensor, params: Sequence[SamplingParams]) -> torch.Tensor:
+def _apply_warpers(scores: torch.Tensor, params: Sequence[SamplingParameters]) -> torch.Tensor:
     temperatures = [p.temperature for p in params]
     if any(t != 1.0 for t in temperatures):
         scores = scores / _column(temperatures, scores)  # x / 1.0 is exactly x

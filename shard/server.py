@@ -1,4 +1,8 @@
-"""gRPC servicer: converts messages and hands the work to the engine on one worker thread."""
+"""gRPC servicer: hands the work to the engine on one worker thread, converting messages both ways.
+
+The only place in the shard that knows protobuf: requests become shard/types.py records before the
+engine sees them, and its generations and batches become messages after it returns.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +13,67 @@ from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 
-from shard.engine import Engine, StepResult
-from shard.kv_cache import OutOfBlocks
+from common.sampling import SamplingParameters
+from shard.block_manager import OutOfBlocks
+from shard.engine import Engine
+from shard.types import CachedBatch, Generation, Request, StepResult, Tokens
 from tgi_proto import generate_pb2 as pb
 from tgi_proto import generate_pb2_grpc as pb_grpc
 
 log = logging.getLogger("shard.server")
+
+
+def _unset_to_one(value: float) -> float:
+    # proto3 floats default to 0.0, which for these fields means "not set", never a real value.
+    return value if value != 0.0 else 1.0
+
+
+def sampling_parameters_from_pb(p: pb.NextTokenChooserParameters) -> SamplingParameters:
+    return SamplingParameters(
+        temperature=_unset_to_one(p.temperature),
+        top_k=max(int(p.top_k), 0),
+        top_p=_unset_to_one(p.top_p),
+        typical_p=_unset_to_one(p.typical_p),
+        do_sample=bool(p.do_sample),
+        seed=int(p.seed),
+        repetition_penalty=_unset_to_one(p.repetition_penalty),
+        frequency_penalty=float(p.frequency_penalty),
+        presence_penalty=float(p.presence_penalty),
+    )
+
+
+def request_from_pb(request: pb.Request) -> Request:
+    stopping = request.stopping_parameters
+    return Request(
+        id=request.id, input_ids=list(request.input_ids), inputs=request.inputs, truncate=request.truncate,
+        parameters=sampling_parameters_from_pb(request.parameters), max_new_tokens=stopping.max_new_tokens,
+        stop_sequences=tuple(stopping.stop_sequences), ignore_eos_token=stopping.ignore_eos_token,
+        top_n_tokens=request.top_n_tokens, prefill_logprobs=request.prefill_logprobs,
+    )
+
+
+def tokens_to_pb(tokens: Tokens) -> pb.Tokens:
+    return pb.Tokens(ids=tokens.ids, logprobs=tokens.logprobs, texts=tokens.texts, is_special=tokens.is_special)
+
+
+def generation_to_pb(generation: Generation) -> pb.Generation:
+    out = pb.Generation(request_id=generation.request_id, tokens=tokens_to_pb(generation.tokens),
+                        top_tokens=[tokens_to_pb(t) for t in generation.top_tokens],
+                        cached_prompt_tokens=generation.cached_prompt_tokens)
+    if generation.prefill_tokens is not None:
+        out.prefill_tokens.CopyFrom(tokens_to_pb(generation.prefill_tokens))
+    done = generation.generated_text
+    if done is not None:
+        out.generated_text.CopyFrom(pb.GeneratedText(text=done.text, generated_tokens=done.generated_tokens,
+                                                     finish_reason=int(done.finish_reason)))
+        if done.seed is not None:
+            out.generated_text.seed = done.seed
+    return out
+
+
+def cached_batch_to_pb(batch: CachedBatch) -> pb.CachedBatch:
+    return pb.CachedBatch(id=batch.id, request_ids=batch.request_ids, size=batch.size, max_tokens=batch.max_tokens,
+                          current_tokens=batch.current_tokens)
 
 
 class TextGenerationService(pb_grpc.TextGenerationServiceServicer):
@@ -54,7 +113,9 @@ class TextGenerationService(pb_grpc.TextGenerationServiceServicer):
 
     async def FilterBatch(self, request, context):
         batch = await self._run(context, self.engine.filter, request.batch_id, list(request.request_ids))
-        return pb.FilterBatchResponse(batch=batch) if batch is not None else pb.FilterBatchResponse()
+        if batch is None:
+            return pb.FilterBatchResponse()
+        return pb.FilterBatchResponse(batch=cached_batch_to_pb(batch))
 
     async def Warmup(self, request, context):
         total = await self._run(context, self.engine.warmup, request.max_input_tokens, request.max_prefill_tokens,
@@ -65,23 +126,33 @@ class TextGenerationService(pb_grpc.TextGenerationServiceServicer):
 
     async def Prefill(self, request, context):
         start = time.perf_counter_ns()
-        cached = request.cached_batch if request.HasField("cached_batch") else None
-        result: StepResult = await self._run(context, self.engine.prefill, request.batch, cached)
+        result, generations = await self._run(context, self._prefill, request)
         self._log_step("prefill", result, start)
-        return self._response(pb.PrefillResponse, result, start)
+        return self._response(pb.PrefillResponse, result, generations, start)
 
     async def Decode(self, request, context):
         start = time.perf_counter_ns()
-        result: StepResult = await self._run(context, self.engine.decode, list(request.batches))
+        result, generations = await self._run(context, self._decode, request)
         self._log_step("decode", result, start)
-        return self._response(pb.DecodeResponse, result, start)
+        return self._response(pb.DecodeResponse, result, generations, start)
+
+    # On the engine's thread, as the engine built the messages before: the event loop stays free.
+    def _prefill(self, request: pb.PrefillRequest) -> tuple[StepResult, list[pb.Generation]]:
+        cached = request.cached_batch.id if request.HasField("cached_batch") else None
+        result = self.engine.prefill(request.batch.id, [request_from_pb(r) for r in request.batch.requests], cached)
+        return result, [generation_to_pb(g) for g in result.generations]
+
+    def _decode(self, request: pb.DecodeRequest) -> tuple[StepResult, list[pb.Generation]]:
+        result = self.engine.decode([batch.id for batch in request.batches])
+        return result, [generation_to_pb(g) for g in result.generations]
 
     @staticmethod
-    def _response(cls, result: StepResult, start: int):
-        response = cls(generations=result.generations, forward_ns=result.forward_ns,
-                       decode_ns=result.decode_ns, total_ns=time.perf_counter_ns() - start)
+    def _response(cls, result: StepResult, generations: list[pb.Generation], start: int):
+        # decode_ns is the wire's name for the time after the forward (sampling, detokenizing, stop checks).
+        response = cls(generations=generations, forward_ns=result.forward_ns,
+                       decode_ns=result.sample_and_postprocess_ns, total_ns=time.perf_counter_ns() - start)
         if result.batch is not None:
-            response.batch.CopyFrom(result.batch)
+            response.batch.CopyFrom(cached_batch_to_pb(result.batch))
         return response
 
     def _log_step(self, method: str, result: StepResult, start: int) -> None:

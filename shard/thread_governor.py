@@ -18,7 +18,7 @@ that shape), so a quiet machine pays for watching less and less; a trial that ch
 the current count slowing down by `slowdown` over its time at the last choice (a neighbour arrived),
 brings the next trial back to `explore_every` steps away.
 
-Pure logic, no torch: the one-call decode step (shard/models/fused_decode.py) runs its OpenMP region on
+Pure logic, no torch: the one-call step (shard/models/layers_in_one_call.py) runs its OpenMP region on
 the chosen count and reports its time. Its kernels give every output to one thread whatever the count,
 so the count changes the speed, never the logits.
 """

@@ -61,6 +61,3 @@ class Weights:
     def get_cols(self, name: str, start: int, end: int) -> torch.Tensor:
         """Columns [start, end) of dimension 1, read without loading the rest."""
         return self._finish(self._slice(name)[:, start:end])
-
-    def get_row_blocks(self, name: str, ranges: list[tuple[int, int]]) -> torch.Tensor:
-        return torch.cat([self.get_rows(name, s, e) for s, e in ranges], dim=0)

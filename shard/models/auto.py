@@ -1,17 +1,20 @@
 """Fallback for architectures without tensor-parallel model code: transformers' own model, one shard.
 
-Each request keeps the model's own KV cache object; steps run the model once per request. It is
-correct for anything AutoModelForCausalLM loads, and slow: the Llama family takes the paged path.
+Each request has the model's own KV cache object (kept here, by request id); steps run the model once
+per request. It is correct for anything AutoModelForCausalLM loads, and slow: the Llama family takes the
+paged path.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
-from shard.kv_cache import OutOfBlocks
+from shard.block_manager import Allocation, OutOfBlocks
 from shard.request_state import RequestState
+from shard.scheduler import StepPlan
 
 
 def _first(config: object, *names: str, default: int = 0) -> int:
@@ -41,8 +44,13 @@ class TransformersRunner:
         self.kv_cache_bytes = kv_cache_bytes
         self.block_size = 1
         self.supports_chunking = False
+        # Each request has its own transformers cache object: nothing to share between requests.
+        self.prefix_caching = False
+        # transformers' own attention ("sdpa", "eager", ...) over its own cache, one request at a time
+        self.attention_impl = f"transformers-{getattr(self.model.config, '_attn_implementation', None) or 'eager'}"
         self.capacity = 0
         self.reserved = 0
+        self._caches: dict[int, object] = {}  # request id -> the model's past_key_values
         self.weight_bytes = sum(p.numel() * p.element_size() for p in self.model.parameters())
 
     @property
@@ -53,43 +61,45 @@ class TransformersRunner:
         capacity = self.kv_cache_bytes // self.bytes_per_token
         self.capacity = min(capacity, max_tokens) if max_tokens else capacity
         self.reserved = 0
+        self._caches.clear()
         if self.capacity < 1:
             raise MemoryError(f"--kv-cache-bytes {self.kv_cache_bytes} holds no token")
         return self.capacity
 
-    def reserve(self, state: RequestState) -> None:
+    def reserve(self, request: RequestState) -> Allocation:
         if not self.capacity:
             self.allocate()
-        if self.reserved + state.max_tokens > self.capacity:
-            raise OutOfBlocks(f"need {state.max_tokens} KV tokens, {self.free_blocks} free of {self.capacity}")
-        self.reserved += state.max_tokens
-        state.block_table = [state.max_tokens]  # what release gives back
+        if self.reserved + request.max_tokens > self.capacity:
+            raise OutOfBlocks(f"need {request.max_tokens} KV tokens, {self.free_blocks} free of {self.capacity}")
+        self.reserved += request.max_tokens
+        return Allocation([request.max_tokens])  # no blocks: the table holds what release gives back
 
-    def release(self, state: RequestState) -> None:
-        if state.block_table:
-            self.reserved -= state.block_table[0]
-        state.block_table = []
-        state.model_cache = None
+    def register_blocks(self, blocks: Sequence[int], keys: Sequence[bytes], first: int) -> None:
+        pass  # no prefix cache
+
+    def release(self, request: RequestState) -> None:
+        if request.block_table:
+            self.reserved -= request.block_table[0]
+        self._caches.pop(request.id, None)
 
     @torch.inference_mode()
-    def step(self, decoding: list[RequestState], chunks: list[tuple[RequestState, int]],
-             logits_rows: list[int]) -> torch.Tensor:
+    def run(self, plan: StepPlan[RequestState]) -> torch.Tensor:
         """Rows: one per decoding request, then every token of each (whole) prompt."""
         rows: list[torch.Tensor] = []
-        wanted = set(logits_rows)
-        for row, s in enumerate(decoding):
-            out = self.model(input_ids=torch.tensor([[s.all_ids[-1]]]), past_key_values=s.model_cache, use_cache=True)
-            s.model_cache = out.past_key_values
-            s.cached_length += 1
+        wanted = set(plan.logits_rows)
+        for row, r in enumerate(plan.decoding):
+            out = self.model(input_ids=torch.tensor([[r.all_ids[-1]]]), past_key_values=self._caches[r.id],
+                             use_cache=True)
+            self._caches[r.id] = out.past_key_values
             if row in wanted:
                 rows.append(out.logits[0, -1:].float())
-        offset = len(decoding)
-        for s, n in chunks:
-            assert s.cached_length == 0 and n == s.input_length, "the generic path takes whole prompts"
-            out = self.model(input_ids=torch.tensor([s.all_ids[:n]]), use_cache=True)
-            s.model_cache = out.past_key_values
-            s.cached_length = n
-            keep = [r - offset for r in range(offset, offset + n) if r in wanted]
+        offset = len(plan.decoding)
+        for chunk in plan.chunks:
+            r, n = chunk.request, chunk.length
+            assert chunk.start == 0 and n == r.input_length, "the generic path takes whole prompts"
+            out = self.model(input_ids=torch.tensor([r.all_ids[:n]]), use_cache=True)
+            self._caches[r.id] = out.past_key_values
+            keep = [row - offset for row in range(offset, offset + n) if row in wanted]
             rows.append(out.logits[0, keep].float())
             offset += n
         return torch.cat(rows)

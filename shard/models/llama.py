@@ -6,53 +6,21 @@ up to the number of KV heads works, even when the heads do not divide evenly.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from common.arith import ceil_div
 from shard.distributed import Distributed, split_range
 from shard.kv_cache import KVCache
 from shard.models import weight_arena
+from shard.models.attention import AttentionInputs
 from shard.models.config import ModelConfig
-from shard.models.fused_decode import FusedDecode
 from shard.models.layers import Linear, Rotary, VocabParallelEmbedding, VocabParallelHead
+from shard.models.layers_in_one_call import LayerShape, LayersInOneCall
 from shard.models.ops import KernelOps, LayerOps, ops_for
 from shard.weights import Weights
-
-
-@dataclass
-class PrefillSpan:
-    """`length` prompt tokens at rows [start_row, start_row + length) of the flattened batch, following
-    `context_length` tokens of the same prompt already in the cache (a later chunk of a long prompt)."""
-
-    start_row: int
-    length: int
-    context_length: int = 0
-    context_slots: torch.Tensor | None = None  # slots of positions [0, context + length)
-    mask: torch.Tensor | None = None  # [length, context + length]: causal, offset by the context
-
-
-@dataclass
-class AttentionInputs:
-    """Where the new tokens' keys/values go and what each row attends to.
-
-    The first `paged_rows` rows each attend to their sequence's cache up to their own position (their
-    key and value are stored first): given as `block_tables` [B, max_blocks] (int32) and
-    `context_lengths` [B] (int32) to ops that read the paged cache in place, where every row is one
-    (decode tokens and prompt tokens alike), otherwise as the cache slots `context_slots` [B, L] where
-    `context_mask` [B, 1, 1, L] is true, for decode tokens only. Then the rows after them are prompt
-    chunks (`prefill_spans`), each attending causally to its own prompt.
-    """
-
-    slot_mapping: torch.Tensor
-    prefill_spans: list[PrefillSpan] = field(default_factory=list)
-    paged_rows: int = 0
-    block_size: int = 16
-    context_slots: torch.Tensor | None = None
-    context_mask: torch.Tensor | None = None
-    block_tables: torch.Tensor | None = None
-    context_lengths: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -74,7 +42,7 @@ class Partition:
             )
         group = config.num_heads // config.num_kv_heads
         kv = split_range(config.num_kv_heads, world_size, rank)
-        per_rank_vocab = -(-config.vocab_size // world_size)
+        per_rank_vocab = ceil_div(config.vocab_size, world_size)
         vocab_start = min(rank * per_rank_vocab, config.vocab_size)
         return cls(
             q_heads=(kv[0] * group, kv[1] * group),
@@ -203,12 +171,15 @@ class LlamaModel:
             self.weight_arena = weight_arena.pack(
                 [t for layer in self.layers for t in layer.decode_weights().values()]
                 + [self.norm, self.lm_head.linear.weight])
-        # Decode steps of one rank run all layers in one C call; None: layer by layer (also settable,
-        # for comparisons).
-        self.fused_decode: FusedDecode | None = None
-        if isinstance(self.ops, KernelOps) and dist.world_size == 1 and FusedDecode.fits(self.layers, self.dtype):
-            self.fused_decode = FusedDecode(self.ops.kernels, self.layers, config.hidden_size, config.rms_norm_eps,
-                                            self.dtype)
+        # Steps of one rank with few rows run all layers in one C call; None: layer by layer (also
+        # settable, for comparisons).
+        self.one_call_layers: LayersInOneCall | None = None
+        first = self.layers[0]
+        shape = LayerShape(hidden=config.hidden_size, num_q=first.num_q, num_kv=first.num_kv, head_dim=config.head_dim,
+                           intermediate=first.gate_up.weight.shape[0] // 2, eps=config.rms_norm_eps)
+        if isinstance(self.ops, KernelOps) and dist.world_size == 1 and LayersInOneCall.fits(shape, self.dtype):
+            self.one_call_layers = LayersInOneCall(self.ops.kernels, [layer.decode_weights() for layer in self.layers],
+                                                   shape, self.dtype)
 
     @property
     def local_kv_heads(self) -> int:
@@ -220,8 +191,8 @@ class LlamaModel:
         """Logits [len(logits_indices), vocab] for the selected flattened token positions."""
         x = self.embed(input_ids)
         rope = self.ops.rope_tables(self.rotary, positions, x.dtype)
-        if self.fused_decode is not None and self.fused_decode.covers(attn, x.shape[0]):
-            x, delta = self.fused_decode(x, rope, attn, cache)
+        if self.one_call_layers is not None and self.one_call_layers.covers(attn, x.shape[0]):
+            x, delta = self.one_call_layers(x, rope, attn, cache)
         else:
             delta = None
             for layer, k_cache, v_cache in zip(self.layers, cache.keys, cache.values, strict=True):

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 
 import torch
 
+from common.arith import ceil_div
 from shard.weights import ALIGNMENT
 
 
@@ -32,7 +33,7 @@ def pack(tensors: Iterable[torch.Tensor | None]) -> torch.Tensor | None:
     for tensor in unique.values():
         assert tensor.device.type == "cpu" and tensor.is_contiguous()
         offsets.append(total)
-        total += -(-tensor.numel() * tensor.element_size() // ALIGNMENT) * ALIGNMENT
+        total += ceil_div(tensor.numel() * tensor.element_size(), ALIGNMENT) * ALIGNMENT
     buffer = torch.empty(total, dtype=torch.uint8)
     assert buffer.data_ptr() % ALIGNMENT == 0
     for tensor, offset in zip(unique.values(), offsets, strict=True):

@@ -9,8 +9,9 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from common.sockets import shard_socket_path
 from launcher.commands import ChildSpec, LaunchPlan
-from launcher.readiness import health_url, public_url, shard_socket_path
+from launcher.readiness import health_url, public_url
 
 ROOT = Path(__file__).resolve().parents[2]
 FAKE_CHILD = Path(__file__).resolve().parent / "fakes" / "fake_child.py"

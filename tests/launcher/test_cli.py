@@ -63,6 +63,7 @@ def test_defaults(launched: list[LaunchPlan], model_dir: Path) -> None:
         "--uds-path", "/tmp/text-generation-server",
         "--dtype", "float32",
         "--kv-cache-bytes", "2147483648",
+        "--prefix-caching", "true",
     ]  # fmt: skip
     assert {key: shard.env[key] for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK")} == {
         "RANK": "0",

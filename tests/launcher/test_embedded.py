@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import threading
 import time
 from pathlib import Path
@@ -11,25 +12,17 @@ from typing import Any
 import pytest
 
 from launcher import embedded
-from launcher.model_source import resolve_model
+from launcher.model_source import ModelSourceError, resolve_model
 
 
 def test_conversion_matches_the_gguf_model_and_is_reused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    # Keep what the conversion loaded from the GGUF file as the reference, rather than paying for
-    # a second dequantisation.
-    loaded: list[tuple[Any, Any]] = []
-    real_load = embedded._load_gguf
+    from shard.convert import load_gguf
 
-    def spy_load(gguf_path: Path) -> tuple[Any, Any]:
-        loaded.append(real_load(gguf_path))
-        return loaded[-1]
-
-    monkeypatch.setattr(embedded, "_load_gguf", spy_load)
     monkeypatch.setenv("TGI_PY_CACHE", str(tmp_path / "cache"))
-    resolved = resolve_model(None)
+    resolved = resolve_model(None)  # the real child: python -m shard.convert
     assert resolved.model_id == "HuggingFaceTB/SmolLM2-135M-Instruct"
     assert resolved.path == tmp_path / "cache" / "SmolLM2-135M-Instruct"
 
@@ -40,7 +33,8 @@ def test_conversion_matches_the_gguf_model_and_is_reused(tmp_path: Path, monkeyp
     assert (generation["bos_token_id"], generation["eos_token_id"]) == (1, 2)
     assert "chat_template" in json.loads((resolved.path / "tokenizer_config.json").read_text())
 
-    ((reference, reference_tokenizer),) = loaded
+    # The reference is what transformers reads from the GGUF file itself, loaded here.
+    reference, reference_tokenizer = load_gguf(embedded.embedded_gguf_path())
     assert reference.config.quantization_config is not None  # really the GGUF-loaded model
     converted = AutoModelForCausalLM.from_pretrained(resolved.path, dtype=torch.float32)
     converted_tokenizer = AutoTokenizer.from_pretrained(resolved.path)
@@ -60,6 +54,52 @@ def test_conversion_matches_the_gguf_model_and_is_reused(tmp_path: Path, monkeyp
     monkeypatch.setattr(embedded, "_convert_gguf", no_reconversion)
     assert resolve_model(None) == resolved
     assert not list((tmp_path / "cache").glob(".*tmp*"))
+
+
+# Stands in for `python -m shard.convert GGUF OUT_DIR`: a progress line redrawn with carriage returns,
+# then the files a conversion writes (or an exit status of its choosing).
+FAKE_CONVERTER = """
+import sys, pathlib
+out = pathlib.Path(sys.argv[2])
+sys.stderr.write("step 1/2\\rstep 2/2\\n")
+if sys.argv[3] != "0":
+    print("no room left on device", file=sys.stderr)
+    sys.exit(int(sys.argv[3]))
+for name in ("config.json", "model.safetensors", "tokenizer.json"):
+    (out / name).write_text("{}")
+"""
+
+
+def _fake_converter(monkeypatch: pytest.MonkeyPatch, exit_code: int = 0) -> None:
+    monkeypatch.setattr(
+        embedded, "convert_command",
+        lambda gguf, out_dir: [sys.executable, "-c", FAKE_CONVERTER, str(gguf), str(out_dir), str(exit_code)],
+    )
+
+
+def test_the_conversion_child_writes_the_files_and_the_launcher_the_marker(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    _fake_converter(monkeypatch)
+    target = resolve_model(None, cache_dir=tmp_path).path
+
+    assert sorted(p.name for p in target.iterdir()) == sorted(
+        ["config.json", "model.safetensors", "tokenizer.json", embedded.MARKER_FILE])
+    marker = json.loads((target / embedded.MARKER_FILE).read_text())
+    assert marker == embedded._source_description(embedded.embedded_gguf_path())
+    err = capfd.readouterr().err
+    assert "first run, converting" in err and "step 1/2\rstep 2/2\n" in err  # relayed as it came
+    assert not list(tmp_path.glob(".*tmp*"))
+
+
+def test_a_failed_conversion_child_is_an_error_and_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _fake_converter(monkeypatch, exit_code=3)
+    with pytest.raises(ModelSourceError, match="shard.convert exited with code 3: no room left on device"):
+        resolve_model(None, cache_dir=tmp_path)
+    assert not (tmp_path / embedded.CACHE_SUBDIR).exists()
+    assert not list(tmp_path.glob(".*tmp*"))
 
 
 def _fake_conversion(calls: list[float], delay_s: float = 0.0) -> Any:

@@ -15,12 +15,13 @@ from openapi_spec_validator import validate
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-from router import openapi
+from router import openapi, openapi_components, openapi_docs
 from router.batcher import Batcher, SchedulerConfig
 from router.config import RouterConfig
 from router.middleware import OPEN_PATHS
 from router.openai_routes import OpenAIRoutes
-from router.openapi import add_openapi_routes, build_openapi
+from router.openapi import build_openapi
+from router.openapi_docs import add_openapi_routes
 from router.server import VERSION, Router
 from router.validation import Validator
 from tests.router.fake_shard import FakeShard
@@ -93,13 +94,13 @@ def test_every_example_fits_its_schema() -> None:
     for media in examples:
         schema = json.loads(json.dumps(media["schema"]).replace('"#/components', '"urn:spec#/components'))
         jsonschema.Draft202012Validator(schema, registry=registry).validate(media["example"])
-    for name, model in openapi.REQUEST_MODELS.items():
+    for name, model in openapi_components.REQUEST_MODELS.items():
         model.model_validate(openapi.REQUEST_EXAMPLES[name])  # the server takes them too
 
 
 def test_request_bodies_come_from_the_pydantic_models() -> None:
     schemas = SPEC["components"]["schemas"]
-    for name, model in openapi.REQUEST_MODELS.items():
+    for name, model in openapi_components.REQUEST_MODELS.items():
         assert set(schemas[name]["properties"]) == set(model.model_fields), name
     assert "max_new_tokens" in schemas["GenerateParameters"]["properties"]
     bodies = {("POST", path): item["post"]["requestBody"]["content"]["application/json"]["schema"]["$ref"]
@@ -127,7 +128,7 @@ def test_request_bodies_come_from_the_pydantic_models() -> None:
 def test_documented_request_schemas_accept_what_the_server_accepts(schema: str, body: dict) -> None:
     _validator(schema).validate(body)
     # ... and the server's own parser takes it too (so the document shows no body the server refuses)
-    openapi.REQUEST_MODELS[schema].model_validate(body)
+    openapi_components.REQUEST_MODELS[schema].model_validate(body)
 
 
 @pytest.mark.parametrize(("schema", "body"), [
@@ -157,11 +158,46 @@ def test_response_schemas_describe_the_wire(schema: str, body: Any) -> None:
     _validator(schema).validate(body)
 
 
+def test_response_schemas_come_from_the_response_models() -> None:
+    schemas = SPEC["components"]["schemas"]
+    for name, model in openapi_components.RESPONSE_MODELS.items():
+        generated = model.model_json_schema(ref_template="#/components/schemas/{model}", mode="serialization")
+        generated.pop("$defs", None)
+        assert schemas[name] == generated, name
+    # A field left out when empty is optional and never null; every other field is always sent.
+    assert schemas["StreamResponse"]["required"] == ["index", "token", "generated_text", "details"]
+    assert schemas["StreamResponse"]["properties"]["top_tokens"]["type"] == "array"
+    assert "default" not in schemas["StreamResponse"]["properties"]["top_tokens"]
+    assert schemas["GenerateResponse"]["required"] == ["generated_text"]
+    assert schemas["Details"]["required"] == ["finish_reason", "generated_tokens", "seed", "prefill", "tokens"]
+    assert schemas["Details"]["properties"]["finish_reason"]["enum"] == ["length", "eos_token", "stop_sequence"]
+    assert "usage" not in schemas["ChatCompletionChunk"]["required"]
+    assert "usage" in schemas["ChatCompletion"]["required"]
+    assert schemas["ChatDelta"]["required"] == ["content"]
+
+
+def test_the_native_bodies_the_server_builds_fit_their_schemas() -> None:
+    from router.responses import generate_response, stream_event, to_json
+    from router.stream import Finished, Token, TokenEvent
+    from router.types import SamplingParameters, StoppingParameters, ValidRequest
+
+    valid = ValidRequest(inputs="x", input_ids=(1,), sampling=SamplingParameters(),
+                         stopping=StoppingParameters(max_new_tokens=2), details=True, top_n_tokens=1)
+    finished = Finished("ab", "eos_token", 2, None)
+    top = (Token(9, "z", -3.0, False),)
+    events = [TokenEvent(1, Token(3, "a", -0.5, False), top, prefill=[Token(1, "x", None, False)]),
+              TokenEvent(2, Token(4, "b", None, True), top, finished=finished)]
+    _validator("GenerateResponse").validate(json.loads(to_json(generate_response(valid, events, finished))))
+    for event in events:
+        _validator("StreamResponse").validate(json.loads(to_json(stream_event(valid, event))))
+
+
 def _bound_cases() -> list[tuple[str, str, Any, bool]]:
     """(schema, field, value, accepted) just inside and just outside every bound that router.openapi adds
     (the pydantic types' own wire-width maxima are the models' business)."""
     cases = []
-    added = [(schema, field, bounds) for schema, fields in openapi.RANGES.items() for field, bounds in fields.items()]
+    added = [(schema, field, bounds) for schema, fields in openapi_components.RANGES.items()
+             for field, bounds in fields.items()]
     for schema_name, field, bounds in added:
         prop = SPEC["components"]["schemas"][schema_name]["properties"][field]
         kind = next((b.get("type") for b in prop.get("anyOf", [prop]) if b.get("type") in ("integer", "number")), None)
@@ -319,7 +355,7 @@ async def test_openapi_json_and_docs_are_served(tokenizer_dir: Path, validator: 
 
 
 def test_docs_fall_back_to_a_plain_page_without_swagger_ui() -> None:
-    page = openapi.docs_page(SPEC, swagger_ui=False)
+    page = openapi_docs.docs_page(SPEC, swagger_ui=False)
     assert "<script" not in page and "http" not in page
     for method, path in _operations(SPEC):
         assert f"<code>{method} {path}</code>" in page
@@ -327,7 +363,7 @@ def test_docs_fall_back_to_a_plain_page_without_swagger_ui() -> None:
 
 
 async def test_docs_without_swagger_ui_installed(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(openapi, "_swagger_ui_dir", lambda: None)
+    monkeypatch.setattr(openapi_docs, "_swagger_ui_dir", lambda: None)
     app = web.Application()
     add_openapi_routes(app, SPEC)
     assert _registered(app) == {("GET", "/openapi.json"), ("GET", "/docs")}

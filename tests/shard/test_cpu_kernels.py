@@ -18,8 +18,8 @@ import torch.nn.functional as F
 
 from shard.kernels import cpu
 from shard.kv_cache import context_slots, padded_block_tables
+from shard.models.attention import AttentionInputs
 from shard.models.layers import Rotary, apply_rotary, rms_norm
-from shard.models.llama import AttentionInputs
 from shard.models.ops import KernelOps, TorchOps
 
 DTYPES = [torch.float32, torch.bfloat16]

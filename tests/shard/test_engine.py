@@ -11,8 +11,8 @@ import torch
 from shard.cli import build_engine
 from shard.distributed import Distributed
 from shard.engine import Engine
+from shard.types import CachedBatch, Request, StepResult
 from tests.model_factory import build_llama
-from tgi_proto import generate_pb2 as pb
 
 
 @pytest.fixture(scope="module")
@@ -28,16 +28,16 @@ def new_engine(model_dir: Path, kv_cache_bytes: int = 4 << 20) -> Engine:
     return engine
 
 
-def req(rid: int, ids: list[int], max_new: int) -> pb.Request:
-    return pb.Request(id=rid, input_ids=ids, stopping_parameters=pb.StoppingCriteriaParameters(max_new_tokens=max_new))
+def req(rid: int, ids: list[int], max_new: int) -> Request:
+    return Request(id=rid, input_ids=ids, max_new_tokens=max_new)
 
 
 def solo(engine: Engine, rid: int, ids: list[int], max_new: int) -> list[int]:
-    result = engine.prefill(pb.Batch(id=1000 + rid, requests=[req(rid, ids, max_new)]), None)
+    result = engine.prefill(1000 + rid, [req(rid, ids, max_new)], None)
     out = [g.tokens.ids[0] for g in result.generations]
     batch = result.batch
     while batch is not None:
-        result = engine.decode([batch])
+        result = engine.decode([batch.id])
         out += [g.tokens.ids[0] for g in result.generations]
         batch = result.batch
     return out
@@ -52,29 +52,29 @@ def test_requests_joining_mid_flight_get_the_same_tokens_as_alone(model_dir: Pat
     free_at_rest = engine.free_blocks
     got: dict[int, list[int]] = {1: [], 2: [], 3: []}
 
-    def take(result) -> pb.CachedBatch | None:
+    def take(result: StepResult) -> CachedBatch | None:
         for g in result.generations:
             got[g.request_id].append(g.tokens.ids[0])
         return result.batch
 
-    running = take(engine.prefill(pb.Batch(id=1, requests=[req(1, A, 12)]), None))
+    running = take(engine.prefill(1, [req(1, A, 12)], None))
     for _ in range(3):
-        running = take(engine.decode([running]))
+        running = take(engine.decode([running.id]))
     # B is prefilled alone, then merged by the next Decode.
-    new = take(engine.prefill(pb.Batch(id=2, requests=[req(2, B, 12)]), None))
-    running = take(engine.decode([running, new]))
+    new = take(engine.prefill(2, [req(2, B, 12)], None))
+    running = take(engine.decode([running.id, new.id]))
     assert sorted(running.request_ids) == [1, 2]
     # C joins through Prefill's cached_batch: the running requests take their next step in the same
     # forward as C's prompt (one token each in the prefill's response), nothing is recomputed.
     before = {s.id: s.cached_length for s in engine.batches[running.id]}
     counts = {rid: len(ids) for rid, ids in got.items()}
-    running = take(engine.prefill(pb.Batch(id=3, requests=[req(3, C, 12)]), running))
+    running = take(engine.prefill(3, [req(3, C, 12)], running.id))
     assert sorted(running.request_ids) == [1, 2, 3]
     assert {s.id: s.cached_length for s in engine.batches[running.id] if s.id != 3} == {
         rid: n + 1 for rid, n in before.items()}
     assert {rid: len(ids) - counts[rid] for rid, ids in got.items()} == {1: 1, 2: 1, 3: 1}
     while running is not None:
-        running = take(engine.decode([running]))
+        running = take(engine.decode([running.id]))
     assert got == expected
     assert engine.free_blocks == free_at_rest
 
@@ -82,7 +82,7 @@ def test_requests_joining_mid_flight_get_the_same_tokens_as_alone(model_dir: Pat
 def test_filter_frees_the_cache_of_dropped_requests_at_once(model_dir: Path) -> None:
     engine = new_engine(model_dir)
     empty = engine.free_blocks
-    result = engine.prefill(pb.Batch(id=1, requests=[req(1, A, 100), req(2, B, 100)]), None)
+    result = engine.prefill(1, [req(1, A, 100), req(2, B, 100)], None)
     used_both = empty - engine.free_blocks
     assert used_both == 7 + 8  # ceil(105 / 16) + ceil(118 / 16) blocks reserved up front
     batch = engine.filter(result.batch.id, [2])
@@ -95,11 +95,11 @@ def test_filter_frees_the_cache_of_dropped_requests_at_once(model_dir: Path) -> 
 def test_finished_requests_leave_the_batch_in_the_same_step(model_dir: Path) -> None:
     engine = new_engine(model_dir)
     empty = engine.free_blocks
-    result = engine.prefill(pb.Batch(id=1, requests=[req(1, A, 1), req(2, B, 3)]), None)
-    assert result.generations[0].HasField("generated_text")
+    result = engine.prefill(1, [req(1, A, 1), req(2, B, 3)], None)
+    assert result.generations[0].generated_text is not None
     assert list(result.batch.request_ids) == [2]
-    result = engine.decode([result.batch])
-    result = engine.decode([result.batch])
+    result = engine.decode([result.batch.id])
+    result = engine.decode([result.batch.id])
     assert result.batch is None
     assert result.generations[0].generated_text.generated_tokens == 3
     assert engine.free_blocks == empty
@@ -121,26 +121,24 @@ def test_long_prompt_is_prefilled_in_chunks_while_others_keep_decoding(model_dir
     long_prompt = [(7 * i) % 300 + 3 for i in range(300)]
     expected_long = solo(engine, 9, long_prompt, 6)
     expected_a = solo(engine, 8, A, 30)
-    details = pb.Request(id=10, input_ids=long_prompt, prefill_logprobs=True,
-                         stopping_parameters=pb.StoppingCriteriaParameters(max_new_tokens=1))
-    whole = engine.prefill(pb.Batch(id=50, requests=[details]), None).generations[0].prefill_tokens
+    details = Request(id=10, input_ids=long_prompt, prefill_logprobs=True, max_new_tokens=1)
+    whole = engine.prefill(50, [details], None).generations[0].prefill_tokens
 
-    engine.prefill_chunk_tokens = 64
+    engine.scheduler.prefill_chunk_tokens = 64
     got: dict[int, list[int]] = {1: [], 2: [], 3: []}
-    running = engine.prefill(pb.Batch(id=1, requests=[req(1, A, 30)]), None)
+    running = engine.prefill(1, [req(1, A, 30)], None)
     got[1] += [g.tokens.ids[0] for g in running.generations]
-    joining = engine.prefill(pb.Batch(id=2, requests=[req(2, long_prompt, 6)]), None)  # alone: whole prompt
+    joining = engine.prefill(2, [req(2, long_prompt, 6)], None)  # alone: whole prompt
     got[2] += [g.tokens.ids[0] for g in joining.generations]
-    chunked = pb.Request(id=3, input_ids=long_prompt, prefill_logprobs=True,
-                         stopping_parameters=pb.StoppingCriteriaParameters(max_new_tokens=6))
+    chunked = Request(id=3, input_ids=long_prompt, prefill_logprobs=True, max_new_tokens=6)
     # Joining a running batch: the new prompt is fed 64 tokens per step, the others decode meanwhile
     # (already in the prefill call, which steps the cached batch it is given).
-    result = engine.prefill(pb.Batch(id=3, requests=[chunked]), running.batch)
+    result = engine.prefill(3, [chunked], running.batch.id)
     assert [g.request_id for g in result.generations] == [1] and 3 in result.batch.request_ids
     got[1] += [g.tokens.ids[0] for g in result.generations]
     steps, prefill_tokens = 1, None
     batch = result.batch
-    batches = [batch, joining.batch]
+    batches = [batch.id, joining.batch.id]
     while batches:
         result = engine.decode(batches)
         steps += 1 if not got[3] else 0
@@ -149,9 +147,9 @@ def test_long_prompt_is_prefilled_in_chunks_while_others_keep_decoding(model_dir
             assert 1 in ids  # the running request never waits for the prompt
         for g in result.generations:
             got[g.request_id].append(g.tokens.ids[0])
-            if g.HasField("prefill_tokens"):
+            if g.prefill_tokens is not None:
                 prefill_tokens = g.prefill_tokens
-        batches = [result.batch] if result.batch is not None else []
+        batches = [result.batch.id] if result.batch is not None else []
     assert steps == 5  # ceil(300 / 64) steps of one chunk each, the last one giving the first token
     assert got[1] == expected_a and got[2] == expected_long and got[3] == expected_long
     assert list(prefill_tokens.ids) == long_prompt
@@ -172,14 +170,14 @@ def test_cpu_kernels_and_plain_torch_generate_the_same_tokens(model_dir: Path, d
         engine.warmup(max_input_tokens=64, max_prefill_tokens=128)
         ops = type(engine.runner.model.ops).__name__  # type: ignore[attr-defined]
         # three requests decoding together: batched decode attention over different context lengths
-        result = engine.prefill(pb.Batch(id=1, requests=[req(1, A, 10), req(2, B, 10), req(3, C, 10)]), None)
+        result = engine.prefill(1, [req(1, A, 10), req(2, B, 10), req(3, C, 10)], None)
         got: dict[int, list[int]] = {1: [], 2: [], 3: []}
         while True:
             for g in result.generations:
                 got[g.request_id].append(g.tokens.ids[0])
             if result.batch is None:
                 return ops, got
-            result = engine.decode([result.batch])
+            result = engine.decode([result.batch.id])
 
     try:
         torch_ops, torch_ids = generate(False)

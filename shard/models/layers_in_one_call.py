@@ -1,17 +1,23 @@
-"""A one-rank CPU decode step's decoder layers as one C call (shard/kernels/cpu_decode.c).
+"""All decoder layers of a one-rank CPU step as one C call (shard/kernels/cpu_decode.c).
 
 The layer-by-layer path makes ~10 Python-to-C calls per layer; at batch 1 in bf16 those calls cost
 about half as much again as streaming the weights. This runs the same kernels, in the same order, in
 one call: the logits are the same bits, only the Python between them is gone. It applies where every
-row attends through the paged cache (decode tokens; with the kernel ops, prompt tokens too), there is
-one rank (no all-reduce between operations) and the step has few enough rows for the GEMV kernels
-(larger steps go through torch's BLAS, layer by layer).
+row attends through the paged cache: decode tokens, and with the kernel ops prompt tokens too (so a
+step that mixes both goes through it as well), there is one rank (no all-reduce between operations)
+and the step has few enough rows for the GEMV kernels (larger steps go through torch's BLAS, layer by
+layer).
+
+It knows the layers only as their tensors (DecoderLayer.decode_weights) and their sizes, so it does not
+import the model code that builds it.
 """
 
 from __future__ import annotations
 
 import ctypes
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -21,7 +27,19 @@ from shard.thread_governor import ThreadGovernor
 
 if TYPE_CHECKING:
     from shard.kv_cache import KVCache
-    from shard.models.llama import AttentionInputs, DecoderLayer
+    from shard.models.attention import AttentionInputs
+
+
+@dataclass(frozen=True)
+class LayerShape:
+    """The sizes every layer of the model shares (this rank's heads)."""
+
+    hidden: int
+    num_q: int
+    num_kv: int
+    head_dim: int
+    intermediate: int
+    eps: float
 
 
 def _pointer(tensor: torch.Tensor | None) -> int | None:
@@ -31,28 +49,27 @@ def _pointer(tensor: torch.Tensor | None) -> int | None:
     return tensor.data_ptr()
 
 
-class FusedDecode:
-    def __init__(self, kernels: cpu_kernels.CpuKernels, layers: list[DecoderLayer], hidden: int, eps: float,
-                 dtype: torch.dtype) -> None:
-        first = layers[0]
+class LayersInOneCall:
+    def __init__(self, kernels: cpu_kernels.CpuKernels, layer_weights: list[Mapping[str, torch.Tensor | None]],
+                 shape: LayerShape, dtype: torch.dtype) -> None:
         self.kernels = kernels
-        self.layers = layers
+        # Each layer's tensors named as the fields of the C layer struct (DecoderLayer.decode_weights).
+        self.layer_weights = layer_weights
         self.max_rows = kernels.preferred_max_rows(dtype)
         self.dtype = dtype
-        self.dims = dict(hidden=hidden, num_q=first.num_q, num_kv=first.num_kv, head_dim=first.config.head_dim,
-                         intermediate=first.gate_up.weight.shape[0] // 2, bf16=int(dtype == torch.bfloat16),
-                         eps=eps, scale=first.config.head_dim ** -0.5)
+        self.dims = dict(hidden=shape.hidden, num_q=shape.num_q, num_kv=shape.num_kv, head_dim=shape.head_dim,
+                         intermediate=shape.intermediate, bf16=int(dtype == torch.bfloat16), eps=shape.eps,
+                         scale=shape.head_dim ** -0.5)
         # Created at the first step: the thread budget is set on the engine thread after loading.
         self.governor: ThreadGovernor | None = None
         self._layer_array: ctypes.Array | None = None
         self._cache_key: tuple[int, ...] = ()
 
     @staticmethod
-    def fits(layers: list[DecoderLayer], dtype: torch.dtype) -> bool:
+    def fits(shape: LayerShape, dtype: torch.dtype) -> bool:
         """Whether the kernels take this model: float32 or bf16, heads within paged_attention's limits."""
-        first = layers[0]
         return (dtype in (torch.float32, torch.bfloat16)
-                and cpu_kernels.paged_attention_fits(first.num_q, first.num_kv, first.config.head_dim))
+                and cpu_kernels.paged_attention_fits(shape.num_q, shape.num_kv, shape.head_dim))
 
     def covers(self, attn: AttentionInputs, rows: int) -> bool:
         return not attn.prefill_spans and attn.paged_rows == rows <= self.max_rows and attn.block_tables is not None
@@ -61,10 +78,11 @@ class FusedDecode:
         # The structs hold raw cache addresses: rebuilt whenever the pool is reallocated.
         key = tuple(t.data_ptr() for t in (*cache.keys, *cache.values))
         if self._layer_array is None or key != self._cache_key:
-            array = (cpu_kernels.DecodeLayer * len(self.layers))()
-            for entry, layer, k_cache, v_cache in zip(array, self.layers, cache.keys, cache.values, strict=True):
-                for field, tensor in (*layer.decode_weights().items(), ("k_cache", k_cache), ("v_cache", v_cache)):
-                    setattr(entry, field, _pointer(tensor))
+            array = (cpu_kernels.DecodeLayer * len(self.layer_weights))()
+            for entry, weights, k_cache, v_cache in zip(array, self.layer_weights, cache.keys, cache.values,
+                                                        strict=True):
+                for name, tensor in (*weights.items(), ("k_cache", k_cache), ("v_cache", v_cache)):
+                    setattr(entry, name, _pointer(tensor))
             self._layer_array, self._cache_key = array, key
         return self._layer_array
 

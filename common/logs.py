@@ -1,4 +1,4 @@
-"""Plain or JSON log lines (--json-output), the same for every router module."""
+"""Plain or JSON log lines (--json-output): one format for the launcher's children, router and shards alike."""
 
 from __future__ import annotations
 

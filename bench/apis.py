@@ -266,6 +266,7 @@ async def _read_tgi(response: aiohttp.ClientResponse, result: RequestResult) -> 
             result.token_counts.append(1)  # TGI sends exactly one token per event
         if payload.get("generated_text") is not None:
             finished = True
+            result.text = payload["generated_text"]
             details = payload.get("details") or {}
             result.finish_reason = details.get("finish_reason")
             if isinstance(details.get("generated_tokens"), int):
@@ -278,6 +279,7 @@ async def _read_tgi(response: aiohttp.ClientResponse, result: RequestResult) -> 
 
 async def _read_openai(response: aiohttp.ClientResponse, result: RequestResult, chat: bool) -> None:
     finished = False
+    pieces: list[str] = []  # the generated text (reasoning aside), for result.text
     async for arrived, _event, data in iter_sse(response):
         if data.strip() == "[DONE]":
             finished = True
@@ -314,6 +316,8 @@ async def _read_openai(response: aiohttp.ClientResponse, result: RequestResult, 
                 content = choice.get("text")
                 text = content or ""
                 bare = isinstance(content, str) and not finish
+            if isinstance(content, str) and content:
+                pieces.append(content)
             tokens = _logprob_tokens(choice.get("logprobs"))
             if text or tokens or bare:
                 result.token_times.append(arrived)
@@ -321,6 +325,7 @@ async def _read_openai(response: aiohttp.ClientResponse, result: RequestResult, 
             if finish:
                 result.finish_reason = finish
                 finished = True
+    result.text = "".join(pieces)
     if not finished:
         result.error = "incomplete_stream"
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from bench import __version__
 from bench.apis import IGNORE_EOS_MODES, PROMPT_TEMPLATES, GenerationSettings, Target, TargetSpecError, parse_target
+from bench.conversation import MultiTurn, run_multi_turn
 from bench.prompts import make_prompts
 from bench.report import format_table, results_document, write_json
 from bench.runner import RunConfig, run_benchmark
@@ -22,6 +23,8 @@ examples:
   tgi-bench --target ours=http://127.0.0.1:3000,api=openai-chat \\
             --target llama.cpp=http://127.0.0.1:8080,api=openai-chat \\
             --concurrency 1,4,16,32 --requests-per-level 64 --output results.json --chart chart.png
+  tgi-bench --target tgi-py=http://127.0.0.1:3000,api=tgi --prompt-template chatml --scenario multi-turn \\
+            --conversations 8 --turns 5 --system-prompt-tokens 1000 --prompt-tokens 128 --output-tokens 64
 
 target options (comma-separated after the URL):
   api=tgi|openai-chat|openai-completions   wire format (default: from the URL's route, else tgi)
@@ -62,8 +65,19 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--target", action="append", required=True, metavar="NAME=URL[,api=..][,model=..]",
                    help="a server to benchmark; repeat to compare several (run one after the other)")
-    p.add_argument("--concurrency", type=_positive_int_list, default=[1, 4, 16], metavar="C1,C2,..",
+    p.add_argument("--scenario", choices=("sweep", "multi-turn"), default="sweep",
+                   help="sweep: independent prompts at each --concurrency level (default); multi-turn: "
+                        "--conversations at once, each of --turns turns that resend the whole history after "
+                        "a shared system prompt, TTFT reported per turn (see bench/conversation.py)")
+    p.add_argument("--concurrency", type=_positive_int_list, default=None, metavar="C1,C2,..",
                    help="concurrency levels of the sweep (default: 1,4,16)")
+    p.add_argument("--conversations", type=_positive_int, default=8, metavar="N",
+                   help="multi-turn: conversations running at once (default: 8)")
+    p.add_argument("--turns", type=_positive_int, default=5, metavar="T",
+                   help="multi-turn: turns of each conversation (default: 5)")
+    p.add_argument("--system-prompt-tokens", type=_positive_int, default=1000, metavar="N",
+                   help="multi-turn: approximate length of the system prompt every conversation shares "
+                        "(default: 1000)")
     p.add_argument("--requests-per-level", type=_positive_int, default=None, metavar="N",
                    help="measured requests per level (default: 4 x concurrency, at least 8)")
     p.add_argument("--duration", type=float, default=None, metavar="SECONDS",
@@ -71,14 +85,17 @@ def build_parser() -> argparse.ArgumentParser:
                         "flight at the end are completed and counted)")
     p.add_argument("--warmup", type=int, default=1, metavar="N",
                    help="requests per worker sent before each level's measurement and not recorded; the "
-                        "measurement starts once all of them have finished (default: 1)")
+                        "measurement starts once all of them have finished; multi-turn: requests of the "
+                        "shared system prompt (and a user message of no conversation) sent before the "
+                        "conversations start (default: 1)")
     p.add_argument("--output-tokens", type=_positive_int, default=128, metavar="N",
                    help="max_new_tokens / max_tokens of every request (default: 128)")
     p.add_argument("--ignore-eos", choices=IGNORE_EOS_MODES, default="auto",
                    help="send ignore_eos (TGI parameters / OpenAI body) so that every request generates "
                         "--output-tokens; auto: send it, drop it for a target that refuses it (default)")
     p.add_argument("--prompt-tokens", type=_positive_int, default=256, metavar="N",
-                   help="approximate prompt length; prompts vary in [0.5, 1.5] x N (default: 256)")
+                   help="approximate prompt length (multi-turn: of each user message); prompts vary in "
+                        "[0.5, 1.5] x N (default: 256)")
     p.add_argument("--num-prompts", type=_positive_int, default=2048, metavar="N",
                    help="size of the seeded prompt list, used in order and cycled (default: 2048)")
     p.add_argument("--prompt-template", choices=sorted(PROMPT_TEMPLATES), default="none",
@@ -143,6 +160,19 @@ def _json_args(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def _multi_turn(parser: argparse.ArgumentParser, args: argparse.Namespace) -> MultiTurn | None:
+    """The conversations of --scenario multi-turn (None for a sweep), after refusing the sweep's options."""
+    if args.scenario != "multi-turn":
+        return None
+    sweep_only = {"--concurrency": args.concurrency, "--duration": args.duration,
+                  "--requests-per-level": args.requests_per_level, "--chart": args.chart}
+    for flag, value in sweep_only.items():
+        if value is not None:
+            parser.error(f"{flag} is for --scenario sweep; multi-turn runs --conversations x --turns requests")
+    return MultiTurn.build(args.conversations, args.turns, args.system_prompt_tokens, args.prompt_tokens,
+                           args.warmup, args.seed)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -161,9 +191,10 @@ def main(argv: list[str] | None = None) -> int:
             import matplotlib  # noqa: F401
         except ImportError:
             parser.error("--chart needs matplotlib: pip install 'tgi-py[bench]'")
+    spec = _multi_turn(parser, args)
 
     config = RunConfig(
-        concurrency=args.concurrency,
+        concurrency=args.concurrency or [1, 4, 16],
         settings=GenerationSettings(output_tokens=args.output_tokens, temperature=args.temperature,
                                     seed=args.seed, prompt_template=args.prompt_template),
         prompts=make_prompts(args.num_prompts, args.prompt_tokens, args.seed),
@@ -179,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     started = _dt.datetime.now(_dt.UTC)
     try:
-        levels = asyncio.run(run_benchmark(targets, config))
+        levels = asyncio.run(run_benchmark(targets, config) if spec is None else run_multi_turn(targets, config, spec))
     except KeyboardInterrupt:
         print("tgi-bench: interrupted", file=sys.stderr)
         return 130
@@ -193,11 +224,13 @@ def main(argv: list[str] | None = None) -> int:
         if target.error:
             print(f"FAILED {target.name}: {target.error}")
     for level in levels:
-        if level.short_requests:
-            print(f"note {level.target} c={level.concurrency}: {level.short_requests} of {level.ok} requests "
+        if level.short_requests and level.turn != 0:  # multi-turn: noted per turn, not again for all
+            where = f" turn {level.turn}" if level.turn else ""
+            print(f"note {level.target} c={level.concurrency}{where}: {level.short_requests} of {level.ok} requests "
                   f"ended before {args.output_tokens} tokens (EOS or stop; throughput counts actual tokens)")
     if args.output:
-        write_json(args.output, results_document(_json_args(args), targets, levels, started, finished))
+        write_json(args.output, results_document(_json_args(args), targets, levels, started, finished,
+                                                 scenario=None if spec is None else spec.describe()))
         print(f"results: {args.output}")
     if args.chart and levels:
         from bench.chart import write_chart

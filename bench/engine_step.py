@@ -95,7 +95,7 @@ def main() -> None:
                 p50 = statistics.median(measure(engine, batch, args.prompt_tokens, args.steps))
                 weight_gbs = engine.weight_bytes / p50 / 1e9
                 print(f"{dtype:9} {path:8} {batch:5d} {p50 * 1e3:11.1f} {batch / p50:7.1f} "
-                      f"{weight_gbs:11.1f} {gbs:10.1f} {weight_gbs / gbs:8.0%}")
+                      f"{weight_gbs:11.3f} {gbs:10.1f} {weight_gbs / gbs:8.0%}")
 
 
 if __name__ == "__main__":

@@ -68,9 +68,21 @@ def machine_info() -> dict[str, Any]:
     }
 
 
+MULTI_TURN_NOTE = (
+    "Multi-turn scenario: levels with `turn` 1..T aggregate the requests of that turn of every conversation "
+    "(throughput over that turn's own span, its first request sent to its last answer ended); `turn` 0 is "
+    "every turn together over the whole run. Each turn's prompt is the whole history so far (a shared system "
+    "prompt, earlier user messages and the server's own answers) plus a new user message."
+)
+
+
 def results_document(args: dict[str, Any], targets: list[Target], levels: list[LevelStats],
-                     started: _dt.datetime, finished: _dt.datetime) -> dict[str, Any]:
-    return {
+                     started: _dt.datetime, finished: _dt.datetime,
+                     scenario: dict[str, Any] | None = None) -> dict[str, Any]:
+    notes = {"itl": ITL_NOTE}
+    if scenario is not None:
+        notes["multi_turn"] = MULTI_TURN_NOTE
+    document = {
         "tool": "tgi-bench",
         "version": __version__,
         "schema_version": SCHEMA_VERSION,
@@ -80,8 +92,11 @@ def results_document(args: dict[str, Any], targets: list[Target], levels: list[L
         "args": args,
         "targets": [t.describe() for t in targets],
         "levels": [level.as_dict() for level in levels],
-        "notes": {"itl": ITL_NOTE},
+        "notes": notes,
     }
+    if scenario is not None:
+        document["scenario"] = scenario
+    return document
 
 
 def write_json(path: str | Path, document: dict[str, Any]) -> None:
@@ -102,17 +117,25 @@ def _num(value: float | None, digits: int = 1) -> str:
 
 COLUMNS = ("target", "conc", "ok", "fail", "tok/s", "req/s", "TTFT p50", "TTFT p99", "ITL p50", "ITL p99",
            "TPOT p50", "tok/req")
+# multi-turn runs: which turn a row aggregates (0: all), and the prompt length the server reported
+TURN_COLUMNS = ("turn", "prompt tok")
+
+
+def _turn_cells(s: LevelStats) -> tuple[str, ...]:
+    return ("all" if not s.turn else str(s.turn), _num(s.prompt_tokens_mean, 0))
 
 
 def format_table(levels: list[LevelStats]) -> str:
     """A plain-text table, latencies in milliseconds, plus one line per level that had errors."""
-    rows = [COLUMNS]
+    turns = any(s.turn is not None for s in levels)
+    columns = COLUMNS[:2] + TURN_COLUMNS + COLUMNS[2:] if turns else COLUMNS
+    rows = [columns]
     for s in levels:
-        rows.append((s.target, str(s.concurrency), str(s.ok), str(s.requests - s.ok),
-                     _num(s.output_tokens_per_s), _num(s.requests_per_s, 2),
+        rows.append((s.target, str(s.concurrency), *(_turn_cells(s) if turns else ()), str(s.ok),
+                     str(s.requests - s.ok), _num(s.output_tokens_per_s), _num(s.requests_per_s, 2),
                      _ms(s.ttft_s["p50"]), _ms(s.ttft_s["p99"]), _ms(s.itl_s["p50"]), _ms(s.itl_s["p99"]),
                      _ms(s.tpot_s["p50"]), _num(s.tokens_per_request["mean"])))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(columns))]
     lines = []
     for n, row in enumerate(rows):
         lines.append("  ".join(cell.ljust(widths[i]) if i == 0 else cell.rjust(widths[i])
@@ -120,8 +143,11 @@ def format_table(levels: list[LevelStats]) -> str:
         if n == 0:
             lines.append("  ".join("-" * w for w in widths))
     lines.append("latencies in ms; tok/s = output tokens of successful requests / level wall time")
+    if turns:
+        lines.append("multi-turn: conc = conversations; a turn's tok/s is over that turn's own span, all = the run")
     for s in levels:
-        if s.errors:
+        if s.errors and s.turn != 0:  # a multi-turn run's errors are on the rows of their turns
             summary = ", ".join(f"{k}: {v}" for k, v in s.errors.items())
-            lines.append(f"errors {s.target} c={s.concurrency}: {summary}")
+            where = f" turn {s.turn}" if s.turn else ""
+            lines.append(f"errors {s.target} c={s.concurrency}{where}: {summary}")
     return "\n".join(lines)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -166,9 +166,10 @@ class TargetRunner:
             await self.send(self.next_body())
 
 
-async def run_benchmark(targets: list[Target], config: RunConfig,
-                        on_level: Callable[[LevelStats], None] | None = None) -> list[LevelStats]:
-    """Every level of every target, one target at a time (so they never compete for the machine)."""
+async def for_each_target(targets: list[Target], config: RunConfig,
+                          work: Callable[[TargetRunner], Awaitable[list[LevelStats]]]) -> list[LevelStats]:
+    """`work` for every target that answers its probe, one target at a time (so they never compete for
+    the machine), each with its own connections."""
     stats: list[LevelStats] = []
     for target in targets:
         # limit=0: unlimited, as aiohttp's default of 100 connections would queue requests client-side
@@ -178,11 +179,22 @@ async def run_benchmark(targets: list[Target], config: RunConfig,
             if not await runner.prepare():
                 tqdm.write(f"tgi-bench: skipping {target.name}: {target.error}")
                 continue
-            for concurrency in config.concurrency:
-                level = await runner.run_level(concurrency)
-                level_stats = level.stats(expected_tokens=config.settings.output_tokens,
-                                          records=config.save_requests)
-                stats.append(level_stats)
-                if on_level is not None:
-                    on_level(level_stats)
+            stats += await work(runner)
     return stats
+
+
+async def run_benchmark(targets: list[Target], config: RunConfig,
+                        on_level: Callable[[LevelStats], None] | None = None) -> list[LevelStats]:
+    """Every level of every target, one target at a time."""
+
+    async def sweep(runner: TargetRunner) -> list[LevelStats]:
+        stats = []
+        for concurrency in config.concurrency:
+            level = await runner.run_level(concurrency)
+            level_stats = level.stats(expected_tokens=config.settings.output_tokens, records=config.save_requests)
+            stats.append(level_stats)
+            if on_level is not None:
+                on_level(level_stats)
+        return stats
+
+    return await for_each_target(targets, config, sweep)

@@ -29,6 +29,8 @@ class RequestResult:
     error_detail: str | None = None
     # times the request was sent again because its pooled connection had been closed by the server
     reconnects: int = 0
+    # the generated text as the stream carried it (the multi-turn scenario sends it back as the assistant's)
+    text: str = ""
 
     @property
     def ok(self) -> bool:
@@ -170,6 +172,8 @@ class LevelStats:
     reconnects: int = 0
     # one row per request (`RequestResult.record`), only with --save-requests
     request_records: list[dict] | None = None
+    # the multi-turn scenario: the turn (1..T) whose requests this aggregates, 0 for all turns together
+    turn: int | None = None
 
     def as_dict(self) -> dict:
         out = {
@@ -193,6 +197,8 @@ class LevelStats:
             "short_requests": self.short_requests,
             "reconnects": self.reconnects,
         }
+        if self.turn is not None:
+            out["turn"] = self.turn
         if self.request_records is not None:
             out["request_records"] = self.request_records
         return out

@@ -31,15 +31,21 @@ class OutOfBlocks(RuntimeError):
     pass
 
 
+def block_key(parent: bytes | None, ids: Sequence[int]) -> bytes:
+    """The key of a block holding `ids` after the block keyed `parent` (None: the sequence's first block).
+
+    blake2b (16 bytes) over the parent's key and the ids as little-endian int64: the same in every
+    process and run, unlike Python's salted str hash, so every tensor-parallel rank agrees."""
+    digest = hashlib.blake2b(parent or b"", digest_size=16)
+    digest.update(struct.pack(f"<{len(ids)}q", *ids))
+    return digest.digest()
+
+
 def chain_hashes(parent: bytes | None, ids: Sequence[int], block_size: int) -> list[bytes]:
-    """Keys of the full blocks of `ids` (a trailing partial block has none), the first chained to `parent`
-    (the key of the block before them; None at a sequence's start). blake2b over the parent key and the
-    ids as little-endian int64: the same on every process and run (unlike Python's salted str hash)."""
+    """Keys of the full blocks of `ids` (a trailing partial block has none), chained from `parent`."""
     keys: list[bytes] = []
     for start in range(0, len(ids) - block_size + 1, block_size):
-        digest = hashlib.blake2b(parent or b"", digest_size=16)
-        digest.update(struct.pack(f"<{block_size}q", *ids[start: start + block_size]))
-        parent = digest.digest()
+        parent = block_key(parent, ids[start: start + block_size])
         keys.append(parent)
     return keys
 
@@ -88,9 +94,11 @@ class BlockManager:
         choose the first generated token)."""
         if not self.prefix_caching:
             return []
-        usable = (len(prompt_ids) - 1) // self.block_size * self.block_size
+        size = self.block_size
         hits: list[tuple[int, bytes]] = []
-        for key in chain_hashes(None, prompt_ids[:usable], self.block_size):
+        key: bytes | None = None
+        for start in range(0, (len(prompt_ids) - 1) // size * size, size):
+            key = block_key(key, prompt_ids[start: start + size])
             block = self._block_of_key.get(key)
             if block is None:
                 break

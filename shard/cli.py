@@ -63,12 +63,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--json-output", action="store_true", help="Log JSON lines instead of text.")
     parser.add_argument("--prefill-chunk-tokens", type=int, default=int(os.environ.get("PREFILL_CHUNK_TOKENS", 256)),
                         help="prompt tokens fed per step while other requests decode (chunked prefill)")
-    parser.add_argument("--prefix-caching", type=_on_off, default=_on_off(os.environ.get("PREFIX_CACHING", "true")),
-                        help="reuse the KV blocks of prompt prefixes computed before (true/false; default true)")
+    parser.add_argument("--prefix-caching", type=_on_off, default=None,
+                        help="reuse the KV blocks of prompt prefixes computed before (true/false; default: "
+                             "PREFIX_CACHING, else true)")
     parser.add_argument("--threads", type=_thread_count, default=None,
                         help="CPU threads (beats OMP_NUM_THREADS; default: the CPUs this process may use, "
                              "from its affinity mask and cgroup quota, divided among the node's shards)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.prefix_caching is None:
+        try:
+            args.prefix_caching = _on_off(os.environ.get("PREFIX_CACHING", "true"))
+        except argparse.ArgumentTypeError as exc:
+            parser.error(f"PREFIX_CACHING: {exc}")
+    return args
 
 
 def build_engine(args: argparse.Namespace, dist: Distributed) -> Engine:

@@ -168,8 +168,11 @@ class TextGenerationService(pb_grpc.TextGenerationServiceServicer):
             level = logging.DEBUG
         else:
             return
+        # Prompt tokens of the requests that got their first token in this step that the prefix cache held.
+        reused = sum(g.cached_prompt_tokens for g in result.generations)
         # The figures as fields too, for --json-output
         fields = {"method": method, "batch_size": size, "step_ms": round(seconds * 1e3, 2),
-                  "forward_ms": round(result.forward_ns / 1e6, 2), "weights_gbs": round(bandwidth, 2)}
-        log.log(level, "%s batch=%d step=%.1fms forward=%.1fms weights=%.1fGB/s", method, size, seconds * 1e3,
-                result.forward_ns / 1e6, bandwidth, extra=fields)
+                  "forward_ms": round(result.forward_ns / 1e6, 2), "weights_gbs": round(bandwidth, 2),
+                  "reused_prompt_tokens": reused}
+        log.log(level, "%s batch=%d step=%.1fms forward=%.1fms weights=%.1fGB/s reused=%d", method, size,
+                seconds * 1e3, result.forward_ns / 1e6, bandwidth, reused, extra=fields)

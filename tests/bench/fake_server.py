@@ -29,6 +29,8 @@ class Behaviour:
     usage: bool = True  # OpenAI usage chunk when include_usage is asked
     ping_first: bool = True  # an SSE comment before the first token
     held_back_every: int | None = None  # OpenAI: every n-th token chunk has empty text (as TGI does)
+    ttft_per_1k_chars: float = 0.0  # more seconds before the first token per 1,000 prompt characters
+    tag_answers: bool = False  # token texts name the request (" r3t1"), so each answer is its own
 
 
 @dataclass
@@ -87,6 +89,12 @@ class FakeServer:
         match = re.search(r"Question (\d+):", text)
         return int(match.group(1)) if match else 0
 
+    def _piece(self, request_number: int, i: int) -> str:
+        return f" r{request_number}t{i}" if self.behaviour.tag_answers else f" t{i}"
+
+    def _ttft(self, prompt_chars: int) -> float:
+        return self.behaviour.ttft + self.behaviour.ttft_per_1k_chars * prompt_chars / 1000
+
     def _length(self, requested: int, ignore_eos: bool) -> int:
         b = self.behaviour
         if b.eos_after is not None and not (ignore_eos and b.honour_ignore_eos):
@@ -121,6 +129,7 @@ class FakeServer:
     async def _tgi(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
         self.bodies.append(body)
+        me = len(self.bodies)
         params = body.get("parameters") or {}
         number = self.question_number(body["inputs"])
         rejected = self._rejection(number)
@@ -128,7 +137,7 @@ class FakeServer:
             return rejected
         n = self._length(params["max_new_tokens"], bool(params.get("ignore_eos")))
         response = await self._open(request)
-        await asyncio.sleep(self.behaviour.ttft)
+        await asyncio.sleep(self._ttft(len(body["inputs"])))
         for i in range(1, n + 1):
             if i > 1:
                 await asyncio.sleep(self.behaviour.itl)
@@ -136,8 +145,8 @@ class FakeServer:
                 await response.write(b'data:{"error":"shard failed","error_type":"generation"}\n\n')
                 return response
             last = i == n
-            event = {"index": i, "token": {"id": i, "text": f" t{i}", "logprob": -0.5, "special": False},
-                     "generated_text": "".join(f" t{k}" for k in range(1, n + 1)) if last else None,
+            event = {"index": i, "token": {"id": i, "text": self._piece(me, i), "logprob": -0.5, "special": False},
+                     "generated_text": "".join(self._piece(me, k) for k in range(1, n + 1)) if last else None,
                      "details": {"finish_reason": "length" if n == params["max_new_tokens"] else "eos_token",
                                  "generated_tokens": n, "seed": None, "input_length": 7} if last else None}
             await response.write(f"data:{json.dumps(event)}\n\n".encode())
@@ -152,6 +161,7 @@ class FakeServer:
     async def _openai(self, request: web.Request, chat: bool) -> web.StreamResponse:
         body = await request.json()
         self.bodies.append(body)
+        me = len(self.bodies)
         if self.behaviour.refuse_ignore_eos and "ignore_eos" in body:
             return web.json_response({"detail": "Unexpected fields in the request: {'ignore_eos'}"}, status=422)
         text = body["messages"][-1]["content"] if chat else body["prompt"]
@@ -175,7 +185,8 @@ class FakeServer:
 
         if chat:
             await response.write(chunk(None, role=True))  # vLLM-style role chunk: no token
-        await asyncio.sleep(self.behaviour.ttft)
+        chars = sum(len(m["content"]) for m in body["messages"]) if chat else len(body["prompt"])
+        await asyncio.sleep(self._ttft(chars))
         sent = 0
         per = max(1, self.behaviour.tokens_per_chunk)
         first = True
@@ -187,7 +198,7 @@ class FakeServer:
                 return response
             # the first chunk carries one token (prefill), later ones up to `per`
             take = 1 if first else min(per, n - sent)
-            piece = "".join(f" t{sent + k + 1}" for k in range(take))
+            piece = "".join(self._piece(me, sent + k + 1) for k in range(take))
             held = self.behaviour.held_back_every
             if held and not first and (sent + 1) % held == 0:
                 piece = ""

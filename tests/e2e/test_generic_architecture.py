@@ -38,6 +38,8 @@ def test_gpt2_greedy_ids_equal_transformers_generate(gpt2: Path) -> None:
             assert got == expected[: len(got)] and (len(got) == 12 or got[-1] == 2), prompt
         events = stream(server.url + "/generate_stream", body(PROMPTS[0]))
         assert events[-1]["generated_text"] == responses[0].json()["generated_text"]
+        # Prefix caching is on by default; this path cannot share blocks and says so.
+        assert "prefix caching is off for GPT2LMHeadModel" in "".join(server.output)
     finally:
         assert server.stop() == 0, server.log()
 

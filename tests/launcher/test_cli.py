@@ -146,6 +146,22 @@ def test_env_vars_and_flags(launched: list[LaunchPlan]) -> None:
     assert plan.json_output
 
 
+@pytest.mark.parametrize(("args", "env", "expected"), [
+    ([], {}, "true"),
+    (["--prefix-caching", "false"], {}, "false"),
+    ([], {"PREFIX_CACHING": "0"}, "false"),
+    ([], {"PREFIX_CACHING": "1"}, "true"),
+    (["--prefix-caching", "true"], {"PREFIX_CACHING": "0"}, "true"),
+])
+def test_prefix_caching_flag_and_tgi_env_var_reach_every_shard(
+    launched: list[LaunchPlan], args: list[str], env: dict[str, str], expected: str
+) -> None:
+    result = invoke([*args, "--num-shard", "2"], env=env)
+    assert result.exit_code == 0, result.output
+    (plan,) = launched
+    assert [flag_values(list(shard.argv))["--prefix-caching"] for shard in plan.shards] == [expected, expected]
+
+
 def test_input_limit_alone_raises_the_total(launched: list[LaunchPlan]) -> None:
     assert invoke(["--max-input-tokens", "3000"]).exit_code == 0
     router = flag_values(list(launched[0].router.argv))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -81,3 +82,33 @@ def test_prompt_logprobs_gather_over_chunks_into_the_prefill_tokens(tokenizer: T
     assert math.isnan(prefill.logprobs[0]) and prefill.logprobs[1:] == [-float(p) for p in range(1, n)]
     assert prefill.texts == [tokenizer.decode([i]) for i in request.all_ids[:n]]
     assert request.cached_length == n and request.all_ids[n:] == [7]
+
+
+class Registry:
+    """A stand-in prefix cache: records what the postprocess hands it."""
+
+    block_size = 4
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, list[bytes]]] = []
+
+    def register_blocks(self, blocks: Sequence[int], keys: Sequence[bytes], first: int) -> None:
+        self.calls.append((first, list(keys[first:])))
+
+
+def test_only_blocks_full_of_computed_tokens_are_keyed_and_cached(tokenizer: Tokenizer) -> None:
+    from shard.block_manager import chain_hashes
+
+    registry = Registry()
+    post = Postprocessor(tokenizer, special_token_ids(tokenizer), registry)
+    long = admit(tokenizer, 2, "The quick brown fox jumps over the lazy dog " * 3, max_new_tokens=5)
+    long.block_table = list(range(100, 120))
+    scheduler = Scheduler(6, supports_chunking=True)
+    post.apply(scheduler.schedule([long], others_waiting=True), [[]], None)  # 6 tokens: block 0 only
+    post.apply(scheduler.schedule([long], others_waiting=True), [[]], None)  # 12 tokens: blocks 1 and 2
+    keys = chain_hashes(None, long.all_ids[:12], 4)
+    assert registry.calls == [(0, keys[:1]), (1, keys[1:3])]
+    assert long.block_hashes == keys
+    scheduler.prefill_chunk_tokens = 2
+    post.apply(scheduler.schedule([long], others_waiting=True), [[]], None)  # 14 tokens: block 3 still partial
+    assert len(registry.calls) == 2 and long.block_hashes == keys

@@ -58,6 +58,8 @@ def test_generation_to_pb_sets_optional_fields_only_when_present() -> None:
     plain = generation_to_pb(Generation(request_id=3, tokens=tokens))
     assert plain.request_id == 3 and list(plain.tokens.ids) == [5] and list(plain.tokens.texts) == ["a"]
     assert not plain.HasField("generated_text") and not plain.HasField("prefill_tokens") and not plain.top_tokens
+    assert plain.cached_prompt_tokens == 0
+    assert generation_to_pb(Generation(request_id=3, tokens=tokens, cached_prompt_tokens=32)).cached_prompt_tokens == 32
 
     prompt = Tokens(ids=[1, 2], logprobs=[math.nan, -1.0], texts=["x", "y"], is_special=[True, False])
     done = generation_to_pb(Generation(

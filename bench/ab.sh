@@ -5,6 +5,7 @@
 #   BASE=af38857 bash bench/ab.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source bench/servers.sh  # GGUF, wait_up
 BASE=${BASE:?a git ref to compare with, e.g. BASE=HEAD~3}
 OUT=${OUT:-bench/results-ab}
 LEVELS=${LEVELS:-1,8,32}
@@ -19,7 +20,6 @@ git worktree add --detach "$base_tree" "$BASE" >/dev/null
 pid=""
 cleanup() { [ -n "$pid" ] && kill "$pid" 2>/dev/null; wait 2>/dev/null || true; git worktree remove --force "$base_tree"; }
 trap cleanup EXIT
-wait_up() { for _ in $(seq 600); do curl -sf "$1" >/dev/null && return 0; sleep 1; done; echo "no answer from $1"; exit 1; }
 serve_and_measure() {  # name tree round
   (cd "$2" && exec "$OLDPWD/.venv/bin/python" -m launcher --port 3121 --shard-uds-path /tmp/ab-sock \
       --master-port 29641 --dtype "$DTYPE" --max-concurrent-requests 64 --max-input-tokens 1024 \

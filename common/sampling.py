@@ -23,6 +23,8 @@ class SamplingParameters:
     repetition_penalty: float = 1.0
     frequency_penalty: float = 0.0
     presence_penalty: float = 0.0
+    # llguidance grammar text the output must follow (router/grammar.py compiles it); "" for free text.
+    grammar: str = ""
 
     @property
     def has_warpers(self) -> bool:

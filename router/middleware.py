@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from router.playground import is_public
 from router.responses import error_response
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -19,7 +20,8 @@ def api_key_middleware(api_key: str):
 
     @web.middleware
     async def require_api_key(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path in OPEN_PATHS or request.method == "OPTIONS":
+        # The playground page loads without the key (it asks for it); the routes it calls need it.
+        if request.path in OPEN_PATHS or request.method == "OPTIONS" or is_public(request):
             return await handler(request)
         given = request.headers.get("Authorization", "").encode()
         # Constant time: a byte-by-byte compare would leak how much of the key matched.

@@ -12,8 +12,9 @@ from pydantic.json_schema import SkipJsonSchema
 
 from router.response_schemas import RESPONSE_CONFIG, omitted_when_none
 
-# OpenAI has no `stop_sequence`: a stop string and EOS both read `stop` (router.openai_routes maps them).
-OpenAIFinishReason = Literal["length", "stop"]
+# OpenAI has no `stop_sequence`: a stop string and EOS both read `stop` (router.openai_routes maps them);
+# `tool_calls` when the answer is tool calls that were completed.
+OpenAIFinishReason = Literal["length", "stop", "tool_calls"]
 
 
 class Usage(BaseModel):
@@ -50,11 +51,27 @@ class ChatLogprobs(BaseModel):
     content: list[ChatTokenLogprob]
 
 
+class AnsweredFunctionCall(BaseModel):
+    model_config = RESPONSE_CONFIG
+
+    name: str
+    arguments: str = Field(description="the arguments as JSON text (a string, as OpenAI sends it)")
+
+
+class AnsweredToolCall(BaseModel):
+    model_config = RESPONSE_CONFIG
+
+    id: str
+    type: Literal["function"]
+    function: AnsweredFunctionCall
+
+
 class AssistantMessage(BaseModel):
     model_config = RESPONSE_CONFIG
 
     role: Literal["assistant"]
-    content: str
+    content: str | None = Field(description="null when the answer is tool calls")
+    tool_calls: list[AnsweredToolCall] | SkipJsonSchema[None] = omitted_when_none("the calls, when the model made some")
 
 
 class ChatCompletionChoice(BaseModel):
@@ -80,11 +97,30 @@ class ChatCompletion(BaseModel):
     usage: Usage
 
 
+class ChunkFunctionCall(BaseModel):
+    model_config = RESPONSE_CONFIG
+
+    name: str | SkipJsonSchema[None] = omitted_when_none("in the call's first chunk only")
+    arguments: str = Field(description="the next fragment of the arguments' JSON text")
+
+
+class ChunkToolCall(BaseModel):
+    """A piece of a streamed tool call; clients join the pieces by `index`."""
+
+    model_config = RESPONSE_CONFIG
+
+    index: int
+    id: str | SkipJsonSchema[None] = omitted_when_none("in the call's first chunk only")
+    type: Literal["function"] | SkipJsonSchema[None] = omitted_when_none("in the call's first chunk only")
+    function: ChunkFunctionCall
+
+
 class ChatDelta(BaseModel):
     model_config = RESPONSE_CONFIG
 
     role: Literal["assistant"] | SkipJsonSchema[None] = omitted_when_none("on the first chunk only")
-    content: str
+    content: str | SkipJsonSchema[None] = omitted_when_none("left out in chunks of tool calls")
+    tool_calls: list[ChunkToolCall] | SkipJsonSchema[None] = omitted_when_none()
 
 
 class ChatCompletionChunkChoice(BaseModel):

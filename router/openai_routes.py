@@ -9,8 +9,10 @@ from typing import Any
 
 from aiohttp import web
 
-from router.chat_template import ChatTemplate, TemplateError
+from router.chat_template import ChatTemplate, TemplateError, flatten_content
 from router.openai_response_schemas import (
+    AnsweredFunctionCall,
+    AnsweredToolCall,
     AssistantMessage,
     ChatCompletion,
     ChatCompletionChoice,
@@ -19,6 +21,8 @@ from router.openai_response_schemas import (
     ChatDelta,
     ChatLogprobs,
     ChatTokenLogprob,
+    ChunkFunctionCall,
+    ChunkToolCall,
     Completion,
     CompletionChoice,
     CompletionLogprobs,
@@ -41,14 +45,24 @@ from router.server import VERSION, Admitted, GenerationFailed, Router
 from router.sse import SseResponse, StreamFailedBeforeFirstByte, pump_events
 from router.stream import ErrorEvent, TokenEvent
 from router.token_bytes import TokenBytes
+from router.tool_call_stream import CallDelta, ToolCallReader
+from router.tool_grammar import ToolChoice, resolve_tool_choice, tool_call_lark, tool_prompt
 from router.types import Finished, FinishReason, Token, ValidRequest
 
 DONE = b"data: [DONE]\n\n"
 
 
-def openai_finish_reason(reason: FinishReason) -> OpenAIFinishReason:
-    """OpenAI has no `stop_sequence`: a stop string and EOS both read `stop`."""
-    return "length" if reason == "length" else "stop"
+def openai_finish_reason(reason: FinishReason, tool_calls: bool = False) -> OpenAIFinishReason:
+    """OpenAI has no `stop_sequence`: a stop string and EOS both read `stop`; an answer of tool calls
+    that ended by itself (not cut by length) reads `tool_calls`."""
+    if reason == "length":
+        return "length"
+    return "tool_calls" if tool_calls else "stop"
+
+
+def _chunk_tool_calls(deltas: list[CallDelta]) -> list[ChunkToolCall]:
+    return [ChunkToolCall(index=d.index, id=d.id, type="function" if d.id is not None else None,
+                          function=ChunkFunctionCall(name=d.name, arguments=d.arguments)) for d in deltas]
 
 
 def _content(event: TokenEvent, streamed: str) -> str:
@@ -121,10 +135,12 @@ class OpenAIRoutes:
     async def chat_completions(self, request: web.Request) -> web.StreamResponse:
         async def work(body: bytes, admitted: Admitted) -> web.StreamResponse:
             chat = parse_chat_request(body)
-            prompt = self._render(chat)
+            tools = resolve_tool_choice(chat.tools, chat.tool_choice, chat.parallel_tool_calls)
+            prompt = self._render(chat, tools)
             generate = GenerateRequest(inputs=prompt, parameters=chat.to_generate_parameters())
             # The rendered template already holds the special tokens the model expects.
-            valid = await self.router.validate(generate, chat.stream, add_special_tokens=False)
+            valid = await self.router.validate(generate, chat.stream, add_special_tokens=False,
+                                               tool_grammar=tool_call_lark(chat.tools or [], tools) if tools else "")
             entry = admitted.submit(valid)
             request_id = f"chatcmpl-{uuid.uuid4().hex}"
             if not chat.stream:
@@ -132,23 +148,37 @@ class OpenAIRoutes:
                 finished = events[-1].finished
                 assert finished is not None
                 self.router.record_success(valid, entry, finished.generated_tokens)
+                message = AssistantMessage(role="assistant", content=finished.generated_text)
+                calls = False
+                if tools is not None:
+                    reader = ToolCallReader(tools.text)
+                    reader.feed(finished.generated_text)
+                    if reader.calls:
+                        calls = True
+                        message = AssistantMessage(role="assistant", content=None, tool_calls=[
+                            AnsweredToolCall(id=c.id, type="function",
+                                     function=AnsweredFunctionCall(name=c.name, arguments=c.arguments))
+                            for c in reader.calls])
                 return json_response(ChatCompletion(
                     **self._envelope(request_id), object="chat.completion",
                     choices=[ChatCompletionChoice(
                         index=0,
-                        message=AssistantMessage(role="assistant", content=finished.generated_text),
+                        message=message,
                         logprobs=_chat_logprobs(events, self.token_bytes) if chat.logprobs else None,
-                        finish_reason=openai_finish_reason(finished.finish_reason),
+                        finish_reason=openai_finish_reason(finished.finish_reason, calls),
                     )],
                     usage=_usage([valid], [finished]),
                 ))
             streamed = ""
+            reader = ToolCallReader(tools.text) if tools is not None else None
 
             def chunk(event: TokenEvent) -> bytes:
                 nonlocal streamed
                 text = _content(event, streamed)
                 first = not streamed and event.index == 1
                 streamed += text
+                if reader is not None:
+                    return tool_chunks(event, text, first)
                 return sse_event(ChatCompletionChunk(
                     **self._envelope(request_id), object="chat.completion.chunk",
                     choices=[ChatCompletionChunkChoice(
@@ -157,6 +187,37 @@ class OpenAIRoutes:
                         finish_reason=openai_finish_reason(event.finished.finish_reason) if event.finished else None,
                     )],
                 ), space=True)
+
+            def tool_chunks(event: TokenEvent, text: str, first: bool) -> bytes:
+                """A token of an answer that may be tool calls: its content, or its call deltas, one chunk
+                each; the last token's chunks end with one carrying finish_reason."""
+                assert reader is not None
+                piece = reader.feed(text)
+                deltas: list[ChatDelta] = []
+                if piece.content:
+                    deltas.append(ChatDelta(content=piece.content))
+                deltas += [ChatDelta(tool_calls=_chunk_tool_calls([d])) for d in piece.deltas]
+                if first and not deltas:
+                    deltas.append(ChatDelta(content=None if reader.mode == "calls" else ""))
+                finish: OpenAIFinishReason | None = None
+                if event.finished is not None:
+                    finish = openai_finish_reason(event.finished.finish_reason, bool(reader.calls))
+                    if not deltas or deltas[-1].tool_calls is not None:
+                        deltas.append(ChatDelta(content=None if reader.calls else ""))
+                out = []
+                for i, delta in enumerate(deltas):
+                    if first and i == 0:
+                        delta = delta.model_copy(update={"role": "assistant"})
+                    last = i == len(deltas) - 1
+                    out.append(sse_event(ChatCompletionChunk(
+                        **self._envelope(request_id), object="chat.completion.chunk",
+                        choices=[ChatCompletionChunkChoice(
+                            index=0, delta=delta,
+                            logprobs=_chat_logprobs([event], self.token_bytes) if chat.logprobs and last else None,
+                            finish_reason=finish if last else None,
+                        )],
+                    ), space=True))
+                return b"".join(out)
 
             def usage_chunk(last: TokenEvent) -> bytes:
                 assert last.finished is not None
@@ -167,10 +228,21 @@ class OpenAIRoutes:
 
         return await self.router.handle(request, work)
 
-    def _render(self, chat: ChatCompletionRequest) -> str:
+    def _render(self, chat: ChatCompletionRequest, tools: ToolChoice | None) -> str:
+        """The prompt. The tools the model may call go to the template; one that does not render
+        `tools` gets them, and the answer format, after the last message (as TGI does)."""
         if self.template is None:
             raise TemplateError("this model has no chat template: use /v1/completions or /generate")
-        return self.template.render(chat.chat_messages(), add_generation_prompt=True, tools=chat.tools)
+        messages = chat.chat_messages()
+        if tools is None:
+            return self.template.render(messages, add_generation_prompt=True)
+        offered = [tool for tool in chat.tools or [] if tool["function"]["name"] in tools.names]
+        if self.template.uses_tools:
+            return self.template.render(messages, add_generation_prompt=True, tools=offered)
+        last = messages[-1]
+        messages[-1] = {**last, "content": flatten_content(last.get("content"))
+                        + tool_prompt(offered, tools, chat.tool_prompt)}
+        return self.template.render(messages, add_generation_prompt=True)
 
     # ---- completions --------------------------------------------------------------------------
     async def completions(self, request: web.Request) -> web.StreamResponse:

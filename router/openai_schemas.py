@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from pydantic import (
     AfterValidator,
     BaseModel,
+    ConfigDict,
     Field,
     TypeAdapter,
     ValidatorFunctionWrapHandler,
@@ -186,10 +187,15 @@ class JsonSchemaFormat(BaseModel):
 
 
 class ResponseFormatJsonSchema(BaseModel):
-    model_config = _MODEL_CONFIG
+    """OpenAI's `{"type": "json_schema", "json_schema": {...}}`, or TGI's `{"type": "json_schema", "value": {...}}`."""
+
+    model_config = ConfigDict(**_MODEL_CONFIG,
+                              json_schema_extra={"anyOf": [{"required": ["json_schema"]}, {"required": ["value"]}]})
 
     type: Literal["json_schema"]
-    json_schema: JsonSchemaFormat
+    # Either one (the schema's anyOf says so); the None default is never validated, so null is refused.
+    json_schema: JsonSchemaFormat = None  # type: ignore[assignment]
+    value: JsonSchemaFormat = Field(default=None, description="TGI's spelling of `json_schema`")  # type: ignore[assignment]
 
 
 class ResponseFormatJson(BaseModel):
@@ -232,7 +238,7 @@ def _response_format(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
             {"kind": repr(kind)},
         )
     if kind == "json_schema":
-        spec = value.get("json_schema")
+        spec = value.get("json_schema", value.get("value"))
         if not isinstance(spec, dict) or not isinstance(spec.get("schema"), dict):
             raise PydanticCustomError("response_format", "`json_schema.schema` must be a JSON schema object")
     if kind in ("json", "regex") and "value" not in value:
@@ -266,7 +272,8 @@ def _grammar(response_format: dict[str, Any] | None) -> Grammar | None:
     if kind == "json_object":
         return Grammar(type="json", value=response_format.get("value") or {"type": "object"})
     if kind == "json_schema":
-        return Grammar(type="json", value=response_format["json_schema"]["schema"])
+        spec = response_format.get("json_schema", response_format.get("value"))
+        return Grammar(type="json_schema", value={"schema": spec["schema"], "strict": spec.get("strict") is True})
     return Grammar(type=kind, value=response_format["value"])
 
 
@@ -458,6 +465,7 @@ class ChatCompletionRequest(_OpenAIRequest):
         "a named tool must be one of `tools`, and 'required' needs `tools`",
     )
     tool_prompt: Utf8Str | None = None  # TGI's extension: the text put before the tool list
+    parallel_tool_calls: bool | None = Field(default=None, description="false: at most one tool call per answer")
 
     @field_validator("messages")
     @classmethod
@@ -486,6 +494,9 @@ class ChatCompletionRequest(_OpenAIRequest):
                 "`tool_choice`: {name} is not 'auto', 'none', 'required' or the name of one of `tools` ({names})",
                 {"name": repr(name), "names": ", ".join(names) or "none given"},
             )
+        if names and name != "none" and _grammar(self.response_format) is not None:
+            # as TGI: the tool calls are a grammar of their own
+            raise PydanticCustomError("response_format", "`response_format` and `tools` cannot be used together")
         return self
 
     def chat_messages(self) -> list[dict[str, Any]]:
@@ -506,6 +517,7 @@ class CompletionRequest(_OpenAIRequest):
     """Body of `/v1/completions` (OpenAI's legacy text completions)."""
 
     prompt: Utf8Str | list[Utf8Str]
+    response_format: SentResponseFormat | None = None
     repetition_penalty: float | None = None
     suffix: Utf8Str | None = None
     echo: bool | None = None
@@ -557,6 +569,7 @@ class CompletionRequest(_OpenAIRequest):
         params["top_n_tokens"] = self.logprobs
         # echo: the prompt comes back in front of the completion
         params["return_full_text"] = bool(self.echo)
+        params["grammar"] = _grammar(self.response_format)
         return GenerateParameters(**params)
 
 

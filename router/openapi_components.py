@@ -58,6 +58,9 @@ _OPENAI_RANGES: dict[str, dict[str, Any]] = {
     "max_tokens": {"minimum": 1, "description": "absent: all the room left under max_total_tokens"},
     "n": {"minimum": 1, "maximum": 1, "description": "one choice per request"},
 }
+GRAMMAR_RULES = ("the output follows this JSON schema or regex (router/grammar.py); one the grammar engine "
+                 "refuses, one over 64 KiB, or one that takes over 250 ms to compile is refused (422, with the "
+                 "engine's message)")
 RANGES: dict[str, dict[str, dict[str, Any]]] = {
     "GenerateParameters": {
         "temperature": {"exclusiveMinimum": 0},
@@ -72,7 +75,7 @@ RANGES: dict[str, dict[str, dict[str, Any]]] = {
         "top_n_tokens": {"minimum": 0, "description": "at most --max-top-n-tokens"},
         "best_of": {"minimum": 1, "description": "values above 1 are not supported by this server yet"},
         "watermark": {"description": "not supported by this server yet: `true` is refused"},
-        "grammar": {"description": "not supported by this server yet: refused unless null"},
+        "grammar": {"description": GRAMMAR_RULES},
         "adapter_id": {"description": "not supported by this server yet (no LoRA adapters)"},
         "stop": {"description": "at most --max-stop-sequences strings"},
     },
@@ -82,14 +85,17 @@ RANGES: dict[str, dict[str, dict[str, Any]]] = {
         "max_completion_tokens": {"minimum": 1, "description": "OpenAI's newer name for max_tokens; wins over it"},
         "messages": {"minItems": 1},
         "logit_bias": {"description": "not supported by this server yet: refused unless empty"},
-        "response_format": {"description": "constrained output is not supported by this server yet: any `type` "
-                                           "but `text` is refused"},
+        "response_format": {"description": GRAMMAR_RULES + "; refused together with `tools` (unless tool_choice "
+                                           "is 'none')"},
+        "tools": {"description": "the model answers with calls of these (or, with tool_choice 'auto', in text); "
+                                 "a `parameters` schema the grammar engine refuses is refused (422)"},
     },
     "CompletionRequest": {
         **_OPENAI_RANGES,
         "repetition_penalty": {"exclusiveMinimum": 0},
         "logit_bias": {"description": "not supported by this server yet: refused unless empty"},
         "suffix": {"description": "not supported: refused unless null"},
+        "response_format": {"description": GRAMMAR_RULES},
     },
 }
 

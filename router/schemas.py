@@ -45,17 +45,23 @@ _MODEL_CONFIG = ConfigDict(strict=True, allow_inf_nan=False, extra="ignore", fro
 
 
 class Grammar(BaseModel):
-    """`{"type": "json" | "regex", "value": ...}`; TGI also takes "json_object" as an alias of json."""
+    """What the output must follow (router/grammar.py compiles it):
+    `{"type": "json" | "json_object", "value": <JSON schema>}`, `{"type": "regex", "value": "<regex>"}` or
+    `{"type": "json_schema", "value": {"name"?, "schema": <JSON schema>, "strict"?}}`. A JSON schema may
+    also be sent as a string holding it (TGI's clients do)."""
 
     model_config = _MODEL_CONFIG
 
-    type: Literal["json", "regex", "json_object"]
-    value: Any
+    type: Literal["json", "regex", "json_object", "json_schema"]
+    value: Any = Field(description="a JSON schema, a regular expression, or {name?, schema, strict?}")
 
     @model_validator(mode="after")
-    def _regex_is_string(self) -> Grammar:
+    def _value_fits_type(self) -> Grammar:
         if self.type == "regex" and not isinstance(self.value, str):
             raise ValueError("a regex grammar needs a string `value`")
+        spec = self.value if isinstance(self.value, dict) else {}
+        if self.type == "json_schema" and not isinstance(spec.get("schema"), dict):
+            raise ValueError("a json_schema grammar needs `value.schema`, a JSON schema object")
         return self
 
 

@@ -15,6 +15,7 @@ from router.chat_template import TemplateError
 from router.config import RouterConfig
 from router.metrics import Metrics
 from router.middleware import api_key_middleware, cors_middleware, cors_on_prepare
+from router.playground import add_playground_routes
 from router.queue import Entry
 from router.response_schemas import CompatGenerateResponse, ErrorResponse, Info, Liveness, TokenizeResponse
 from router.responses import error_response, generate_response, json_response, sse_event, stream_event_bytes
@@ -143,6 +144,7 @@ class Router:
             web.get("/live", self.live),
             web.get("/metrics", self.metrics_route),
         ])
+        add_playground_routes(app, api_key_required=bool(self.config.api_key))  # GET / for browsers, /playground
         return app
 
     # ---- shared steps -------------------------------------------------------------------------
@@ -196,9 +198,11 @@ class Router:
         """Every token event of a request, for non-streaming answers; raises GenerationFailed."""
         return [e async for e in self._events(entry)]
 
-    async def validate(self, parsed: GenerateRequest, stream: bool, add_special_tokens: bool = True) -> ValidRequest:
+    async def validate(self, parsed: GenerateRequest, stream: bool, add_special_tokens: bool = True,
+                       tool_grammar: str = "") -> ValidRequest:
+        # On a worker thread: tokenizing, and compiling a new grammar (router/grammar.py), take a while.
         valid = await asyncio.to_thread(self.validator.validate, parsed, stream=stream,
-                                        add_special_tokens=add_special_tokens)
+                                        add_special_tokens=add_special_tokens, tool_grammar=tool_grammar)
         self.metrics.request_validation_duration.observe(valid.validation_seconds)
         self.metrics.request_input_length.observe(valid.input_length)
         self.metrics.request_max_new_tokens.observe(valid.stopping.max_new_tokens)

@@ -49,6 +49,7 @@ def request_to_proto(request_id: int, request: ValidRequest) -> pb.Request:
             temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, typical_p=s.typical_p,
             do_sample=s.do_sample, seed=s.seed or 0, repetition_penalty=s.repetition_penalty,
             frequency_penalty=s.frequency_penalty, presence_penalty=s.presence_penalty,
+            grammar=s.grammar, grammar_type=pb.GRAMMAR_TYPE_LLGUIDANCE if s.grammar else pb.GRAMMAR_TYPE_NONE,
         ),
         stopping_parameters=pb.StoppingCriteriaParameters(
             max_new_tokens=request.stopping.max_new_tokens, stop_sequences=list(request.stopping.stop_sequences),

@@ -97,6 +97,8 @@ class SseResponse:
         aiohttp's byte counts (response.body_length) leave these bytes out; nothing here reads them.
         """
         assert self._transport is not None
+        if not payload:
+            return  # an empty chunk is chunked encoding's end of the body (a token may render to nothing)
         self._transport.write(b"%x\r\n%s\r\n" % (len(payload), payload) if self._chunked else payload)
         self.written_directly_at = self.loop.time()
 

@@ -6,6 +6,7 @@ can get wrong surfaces as `ValidationError` (HTTP 422, `error_type: validation`)
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import secrets
 import time
@@ -16,6 +17,7 @@ from typing import Any, TypeVar
 import pydantic
 import tokenizers
 
+from router.grammar import GrammarCompiler, GrammarError
 from router.schemas import GenerateParameters, GenerateRequest, TokenizeRequest
 from router.types import SamplingParameters, StoppingParameters, ValidRequest
 
@@ -126,16 +128,19 @@ class Validator:
         _disable_truncation_and_padding(tokenizer)
         self.tokenizer = tokenizer
         self.limits = limits
+        self.grammars = GrammarCompiler(tokenizer)
 
     def validate(
-        self, request: GenerateRequest, *, stream: bool, add_special_tokens: bool = True
+        self, request: GenerateRequest, *, stream: bool, add_special_tokens: bool = True, tool_grammar: str = ""
     ) -> ValidRequest:
         """Apply every rule of CONTRACT section 3; `add_special_tokens=False` is for prompts that
-        already carry them (a rendered chat template)."""
+        already carry them (a rendered chat template). `tool_grammar`: the Lark grammar of a chat
+        request's tool calls (router/tool_grammar.py), which stands in for `parameters.grammar`."""
         started = time.perf_counter()
         params = request.parameters
         sampling = _sampling_parameters(params)
         max_new_tokens = self._check_parameters(request, sampling, stream=stream)
+        sampling = self._with_grammar(sampling, params, tool_grammar)
         input_ids = self._input_ids(request.inputs, params.truncate, add_special_tokens)
         input_length = len(input_ids)
         limits = self.limits
@@ -165,6 +170,17 @@ class Validator:
             return_full_text=bool(params.return_full_text),
             validation_seconds=time.perf_counter() - started,
         )
+
+    def _with_grammar(self, sampling: SamplingParameters, params: GenerateParameters,
+                      tool_grammar: str) -> SamplingParameters:
+        try:
+            if tool_grammar:
+                return dataclasses.replace(sampling, grammar=self.grammars.compile_lark(tool_grammar))
+            if params.grammar is not None:
+                return dataclasses.replace(sampling, grammar=self.grammars.compile(params.grammar))
+        except GrammarError as err:
+            raise ValidationError(str(err)) from None
+        return sampling
 
     def tokenize(self, text: str, add_special_tokens: bool = True) -> list[dict[str, Any]]:
         """`/tokenize`: one `{"id", "text", "start", "stop"}` per token, offsets in characters.
@@ -292,7 +308,5 @@ def _check_best_of(best_of: int, max_best_of: int, *, stream: bool) -> None:
 def _check_unsupported(params: GenerateParameters) -> None:
     if params.watermark:
         raise ValidationError("`watermark` is not supported by this server yet")
-    if params.grammar is not None:
-        raise ValidationError("`grammar` is not supported by this server yet")
     if params.adapter_id:
         raise ValidationError("`adapter_id` is not supported by this server yet (no LoRA adapters)")

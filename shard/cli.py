@@ -22,7 +22,7 @@ from shard.distributed import Distributed
 from shard.engine import Engine
 from shard.model_runner import ModelRunner, PagedRunner
 from shard.models.auto import TransformersRunner
-from shard.models.config import LLAMA_FAMILY, ModelConfig, architecture_of
+from shard.models.config import LLAMA_FAMILY, ModelConfig, architecture_of, vocab_size_of
 from shard.models.llama import LlamaModel
 from shard.server import TextGenerationService
 from shard.stopping import eos_token_ids_for
@@ -104,7 +104,7 @@ def build_engine(args: argparse.Namespace, dist: Distributed) -> Engine:
                         "request and cannot share blocks", architecture)
     tokenizer = Tokenizer.from_file(str(args.model_dir / "tokenizer.json"))
     engine = Engine(runner, tokenizer, eos_token_ids_for(args.model_dir, tokenizer), special_token_ids(tokenizer),
-                    getattr(args, "prefill_chunk_tokens", 256))
+                    getattr(args, "prefill_chunk_tokens", 256), vocab_size_of(args.model_dir))
     engine.weight_bytes = weight_bytes
     log.info("rank %d/%d loaded %s: %.1f MB of weights (%s), prefix caching %s", dist.rank, dist.world_size,
              architecture, weight_bytes / 1e6, args.dtype, "on" if runner.prefix_caching else "off")

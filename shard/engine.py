@@ -16,6 +16,7 @@ import torch
 from tokenizers import Tokenizer
 
 from shard.block_manager import OutOfBlocks
+from shard.grammar import GrammarCompiler, MaskWorker, allowed_tokens
 from shard.model_runner import ModelRunner
 from shard.postprocess import Postprocessor
 from shard.request_state import RequestState
@@ -26,7 +27,7 @@ from shard.types import CachedBatch, Request, StepResult
 
 class Engine:
     def __init__(self, runner: ModelRunner, tokenizer: Tokenizer, eos_token_ids: frozenset[int],
-                 special_ids: frozenset[int], prefill_chunk_tokens: int = 256) -> None:
+                 special_ids: frozenset[int], prefill_chunk_tokens: int = 256, vocab_size: int = 0) -> None:
         self.runner = runner
         self.tokenizer = tokenizer
         self.eos_token_ids = eos_token_ids
@@ -36,10 +37,13 @@ class Engine:
         self.postprocessor = Postprocessor(tokenizer, special_ids, runner if runner.prefix_caching else None)
         self.batches: dict[int, list[RequestState]] = {}
         self.weight_bytes = 0
+        self.grammars = GrammarCompiler(tokenizer, vocab_size, eos_token_ids)
+        self.masks = MaskWorker(self.grammars)
 
     def warmup(self, max_input_tokens: int, max_prefill_tokens: int, max_batch_total_tokens: int = 0) -> int:
         """Allocate the KV pool, run a worst-case prefill through it, return its size in tokens."""
         self.clear(None)
+        _ = self.grammars.lltokenizer  # built now rather than in the first constrained request's prefill
         total_tokens = self.runner.allocate(max_batch_total_tokens)
         lengths: list[int] = []
         remaining = max_prefill_tokens
@@ -85,22 +89,28 @@ class Engine:
     def _step(self, batch_id: int, states: list[RequestState], carried: list[RequestState]) -> StepResult:
         start = time.perf_counter_ns()
         plan = self.scheduler.schedule(states, others_waiting=bool(carried) or any(self.batches.values()))
+        # The grammar masks of this step's tokens are filled while the forward runs.
+        constrained = [i for i, (request, _) in enumerate(plan.emitting) if request.matcher is not None]
+        masks = self.masks.start([plan.emitting[i][0].matcher for i in constrained]) if constrained else None
         logits = self.runner.run(plan)
         forward_ns = time.perf_counter_ns() - start
-        generations = self.postprocessor.apply(plan, self._prompt_logprobs(plan, logits), self._choose(plan, logits))
+        allowed = (constrained, allowed_tokens(masks.result(), logits.shape[-1])) if masks is not None else None
+        generations = self.postprocessor.apply(plan, self._prompt_logprobs(plan, logits),
+                                               self._choose(plan, logits, allowed))
         self._free([s for s in states if s.finish_reason is not None])
         batch = self._store(batch_id, carried + [s for s in states if s.finish_reason is None])
         return StepResult(generations, batch, forward_ns, time.perf_counter_ns() - start - forward_ns)
 
     # ---- sampling: what the step's logits say -------------------------------------------------
     @staticmethod
-    def _choose(plan: StepPlan[RequestState], logits: torch.Tensor) -> ChosenTokens | None:
+    def _choose(plan: StepPlan[RequestState], logits: torch.Tensor,
+                allowed: tuple[list[int], torch.Tensor] | None) -> ChosenTokens | None:
         emitting = plan.emitting
         if not emitting:
             return None
         requests = [request for request, _ in emitting]
         return choose_tokens(logits[[row for _, row in emitting]], [r.sampler for r in requests],
-                             [r.all_ids for r in requests], [r.top_n_tokens for r in requests])
+                             [r.all_ids for r in requests], [r.top_n_tokens for r in requests], allowed)
 
     @staticmethod
     def _prompt_logprobs(plan: StepPlan[RequestState], logits: torch.Tensor) -> list[list[float]]:
@@ -122,7 +132,9 @@ class Engine:
         """New requests' states, each with the cache room it can ever need; none if one does not fit. A
         request whose prompt starts with cached blocks starts with them as its cached length: its prefill
         computes only the rest."""
-        states = [RequestState.admit(r, self.tokenizer, self.eos_token_ids, self.special_ids) for r in requests]
+        states = [RequestState.admit(r, self.tokenizer, self.eos_token_ids, self.special_ids,
+                                     self.grammars.matcher(r.parameters.grammar) if r.parameters.grammar else None)
+                  for r in requests]
         try:
             for state in states:
                 allocation = self.runner.reserve(state)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Protocol
 from tokenizers import Tokenizer
 
 from shard.block_manager import chain_hashes
+from shard.grammar import consume
 from shard.request_state import RequestState
 from shard.scheduler import StepPlan
 from shard.types import GeneratedText, Generation, Tokens
@@ -83,7 +84,8 @@ class Postprocessor:
         raw, released, matched = request.detokenizer.step(token_id), "", False
         if not special:
             released, matched = request.stop_filter.push(raw)
-        request.finish_reason = request.stopping.check(token_id, matched)
+        grammar_complete = request.matcher is not None and consume(request.matcher, token_id)
+        request.finish_reason = request.stopping.check(token_id, matched, grammar_complete)
         if request.finish_reason is not None and not matched:
             tail, tail_matched = request.stop_filter.push(request.detokenizer.finish())
             released += tail if tail_matched else tail + request.stop_filter.flush()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import llguidance
 from tokenizers import Tokenizer
 
 from shard.detokenize import IncrementalDetokenizer
@@ -43,10 +44,12 @@ class RequestState:
     reused_prompt_tokens: int = 0
     # Logprobs of prompt tokens 1.. as chunks are prefilled (decoder_input_details).
     prefill_logprob_values: list[float] = field(default_factory=list)
+    # The request's grammar state (shard/grammar.py); None when its output is free.
+    matcher: llguidance.LLMatcher | None = None
 
     @classmethod
     def admit(cls, request: Request, tokenizer: Tokenizer, eos_token_ids: frozenset[int],
-              special_ids: frozenset[int]) -> RequestState:
+              special_ids: frozenset[int], matcher: llguidance.LLMatcher | None = None) -> RequestState:
         """The state of a new request: its prompt ids (encoded here if the router sent text), truncated."""
         ids = list(request.input_ids) or tokenizer.encode(request.inputs).ids
         if request.truncate and len(ids) > request.truncate:
@@ -63,6 +66,7 @@ class RequestState:
             stop_filter=StopSequenceFilter(list(request.stop_sequences)),
             top_n_tokens=request.top_n_tokens,
             prefill_logprobs=request.prefill_logprobs,
+            matcher=matcher,
         )
 
     @property

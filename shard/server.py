@@ -16,11 +16,16 @@ import grpc
 from common.sampling import SamplingParameters
 from shard.block_manager import OutOfBlocks
 from shard.engine import Engine
+from shard.grammar import llguidance_grammar
 from shard.types import CachedBatch, Generation, Request, StepResult, Tokens
 from tgi_proto import generate_pb2 as pb
 from tgi_proto import generate_pb2_grpc as pb_grpc
 
 log = logging.getLogger("shard.server")
+
+
+GRAMMAR_KIND_OF_PB = {pb.GRAMMAR_TYPE_JSON: "json", pb.GRAMMAR_TYPE_REGEX: "regex",
+                      pb.GRAMMAR_TYPE_LLGUIDANCE: "llguidance"}
 
 
 def _unset_to_one(value: float) -> float:
@@ -39,6 +44,8 @@ def sampling_parameters_from_pb(p: pb.NextTokenChooserParameters) -> SamplingPar
         repetition_penalty=_unset_to_one(p.repetition_penalty),
         frequency_penalty=float(p.frequency_penalty),
         presence_penalty=float(p.presence_penalty),
+        grammar=llguidance_grammar(GRAMMAR_KIND_OF_PB.get(p.grammar_type, "llguidance"), p.grammar)
+        if p.grammar else "",
     )
 
 

@@ -69,7 +69,8 @@ class StopSequenceFilter:
 class StoppingCriteria:
     """Per-request stop state, fed one token at a time.
 
-    Precedence when several conditions hold on the same token: EOS, then stop sequence, then length.
+    Precedence when several conditions hold on the same token: EOS, then stop sequence, then a complete
+    grammar, then length.
     TGI's Python server checks length first; we report the most specific reason instead, because a
     client that sees `length` assumes the output was cut short, while the model (EOS) or the client's
     own stop string actually ended it.
@@ -81,13 +82,18 @@ class StoppingCriteria:
         self.ignore_eos_token = ignore_eos_token
         self.current_tokens = 0
 
-    def check(self, token_id: int, stop_sequence_matched: bool = False) -> FinishReason | None:
-        """Count one token; return why generation stops now, or None to go on."""
+    def check(self, token_id: int, stop_sequence_matched: bool = False,
+              grammar_complete: bool = False) -> FinishReason | None:
+        """Count one token; return why generation stops now, or None to go on.
+
+        A grammar that is complete (no token may follow) ends the output as the model's EOS would."""
         self.current_tokens += 1
         if not self.ignore_eos_token and token_id in self.eos_token_ids:
             return FinishReason.EOS_TOKEN
         if stop_sequence_matched:
             return FinishReason.STOP_SEQUENCE
+        if grammar_complete:
+            return FinishReason.EOS_TOKEN
         if self.current_tokens >= self.max_new_tokens:
             return FinishReason.LENGTH
         return None

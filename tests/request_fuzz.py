@@ -132,10 +132,13 @@ BODIES: dict[str, list[dict[str, Any]]] = {
         # TGI's shorthand (a tool's name), and huggingface_hub's named choice without `type`
         {"messages": USER, "tools": [TOOL], "tool_choice": "get_weather", "max_tokens": 2},
         {"messages": USER, "tools": [TOOL], "tool_choice": {"function": {"name": "get_weather"}}, "max_tokens": 2},
-        # documented, and refused as not supported yet
+        # structured output in every form; tool calls one at a time
         {"messages": USER, "max_tokens": 2, "response_format": {"type": "json_object", "value": SCHEMA}},
         {"messages": USER, "max_tokens": 2, "response_format": {"type": "json_schema", "json_schema": {
             "name": "answer", "description": "an answer", "schema": SCHEMA, "strict": True}}},
+        {"messages": USER, "max_tokens": 2, "response_format": {"type": "json_schema", "value": {
+            "name": "answer", "description": "an answer", "schema": SCHEMA, "strict": False}}},
+        {"messages": USER, "tools": [TOOL], "tool_choice": "required", "parallel_tool_calls": False, "max_tokens": 2},
         {"messages": USER, "max_tokens": 2, "response_format": {"type": "json", "value": SCHEMA}},
         {"messages": USER, "max_tokens": 2, "response_format": {"type": "regex", "value": "[0-9]+"}},
         {"messages": USER, "max_tokens": 2, "logit_bias": {"50256": -100}},
@@ -150,6 +153,11 @@ BODIES: dict[str, list[dict[str, Any]]] = {
         },
         {"prompt": ["Hello", "World"], "max_tokens": 2, "stop": "\n", "logprobs": True, "logit_bias": [],
          "stream": True},
+        *({"prompt": "Hello", "max_tokens": 2, "response_format": form} for form in [
+            {"type": "text"}, {"type": "json_object"}, {"type": "json_object", "value": SCHEMA},
+            {"type": "json", "value": SCHEMA}, {"type": "regex", "value": "[0-9]+"},
+            {"type": "json_schema", "json_schema": {"name": "a", "description": "b", "schema": SCHEMA, "strict": True}},
+            {"type": "json_schema", "value": {"name": "a", "description": "b", "schema": SCHEMA, "strict": False}}]),
         # documented, and refused as not supported
         {"prompt": "Hello", "max_tokens": 2, "suffix": "!"},
         {"prompt": "Hello", "max_tokens": 2, "logit_bias": {"50256": -100}},
@@ -398,8 +406,12 @@ ALLOWED_REFUSALS: dict[str, str] = {
     r"`stop` supports up to \d+ stop sequences": "--max-stop-sequences",
     r"`top_n_tokens` must be >= 0 and <= \d+": "--max-top-n-tokens",
     r"Number of prompts exceeds the maximum allowed batch size of \d+": "--max-client-batch-size",
+    # grammars the engine refuses, as response_format's and tools' descriptions say
+    r"invalid grammar: ": "response_format",
+    r"grammar is too (large|complex)": "response_format",
+    r"grammar `value` is not a JSON schema": "response_format",
+    r"`response_format` and `tools` cannot be used together": "response_format",
     # fields documented as "not supported by this server yet" (UNSUPPORTED)
-    r"`grammar` is not supported by this server yet": "response_format",
     r"`logit_bias`: not supported by this server yet": "logit_bias",
     r"`suffix`: Suffix is not supported": "suffix",
     # rules between fields, stated in tool_choice's description
@@ -410,7 +422,7 @@ ALLOWED_REFUSALS: dict[str, str] = {
     r"`inputs` cannot be empty \(it has no tokens\)": "tokenizer",
 }
 # The fields whose refusals above are documented as "not supported", per request schema.
-UNSUPPORTED = {"ChatCompletionRequest": ["logit_bias", "response_format"],
+UNSUPPORTED = {"ChatCompletionRequest": ["logit_bias"],
                "CompletionRequest": ["logit_bias", "suffix"]}
 
 

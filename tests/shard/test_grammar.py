@@ -136,3 +136,19 @@ def test_mask_bits_map_to_token_ids() -> None:
     allowed = allowed_tokens(masks, 64)
     assert allowed[0].nonzero().flatten().tolist() == [0, 2]
     assert allowed[1].nonzero().flatten().tolist() == [63]
+
+
+def test_a_stop_sequence_still_ends_a_constrained_output(llama_dir: Path) -> None:
+    engine = new_engine(llama_dir)
+    request = Request(id=1, input_ids=PROMPT, max_new_tokens=50, stop_sequences=(" ",),
+                      parameters=SamplingParameters(grammar=REGEX_GRAMMAR, do_sample=True, seed=2, temperature=1.3))
+    text, reason = run(engine, [request])[1]
+    assert reason == FinishReason.STOP_SEQUENCE and text in ("yes", "no")
+
+
+def test_ignore_eos_does_not_outlast_a_complete_grammar(llama_dir: Path) -> None:
+    engine = new_engine(llama_dir)
+    request = Request(id=1, input_ids=PROMPT, max_new_tokens=200, ignore_eos_token=True,
+                      parameters=SamplingParameters(grammar=REGEX_GRAMMAR))
+    text, reason = run(engine, [request])[1]
+    assert re.fullmatch(REGEX, text) and reason == FinishReason.EOS_TOKEN

@@ -16,7 +16,7 @@ import torch
 from tokenizers import Tokenizer
 
 from shard.block_manager import OutOfBlocks
-from shard.grammar import GrammarCompiler, MaskWorker, allowed_tokens
+from shard.grammar import GrammarCompiler, MaskWorker
 from shard.model_runner import ModelRunner
 from shard.postprocess import Postprocessor
 from shard.request_state import RequestState
@@ -94,9 +94,9 @@ class Engine:
         masks = self.masks.start([plan.emitting[i][0].matcher for i in constrained]) if constrained else None
         logits = self.runner.run(plan)
         forward_ns = time.perf_counter_ns() - start
-        allowed = (constrained, allowed_tokens(masks.result(), logits.shape[-1])) if masks is not None else None
+        refused = (constrained, masks.result()[:, : logits.shape[-1]]) if masks is not None else None
         generations = self.postprocessor.apply(plan, self._prompt_logprobs(plan, logits),
-                                               self._choose(plan, logits, allowed))
+                                               self._choose(plan, logits, refused))
         self._free([s for s in states if s.finish_reason is not None])
         batch = self._store(batch_id, carried + [s for s in states if s.finish_reason is None])
         return StepResult(generations, batch, forward_ns, time.perf_counter_ns() - start - forward_ns)
@@ -104,13 +104,13 @@ class Engine:
     # ---- sampling: what the step's logits say -------------------------------------------------
     @staticmethod
     def _choose(plan: StepPlan[RequestState], logits: torch.Tensor,
-                allowed: tuple[list[int], torch.Tensor] | None) -> ChosenTokens | None:
+                refused: tuple[list[int], torch.Tensor] | None) -> ChosenTokens | None:
         emitting = plan.emitting
         if not emitting:
             return None
         requests = [request for request, _ in emitting]
         return choose_tokens(logits[[row for _, row in emitting]], [r.sampler for r in requests],
-                             [r.all_ids for r in requests], [r.top_n_tokens for r in requests], allowed)
+                             [r.all_ids for r in requests], [r.top_n_tokens for r in requests], refused)
 
     @staticmethod
     def _prompt_logprobs(plan: StepPlan[RequestState], logits: torch.Tensor) -> list[list[float]]:

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import llguidance
+import numpy as np
 import torch
 from tokenizers import Tokenizer
 
@@ -91,24 +92,23 @@ class MaskWorker:
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="grammar-masks")
 
     def start(self, matchers: Sequence[llguidance.LLMatcher]) -> Future[torch.Tensor]:
-        """One int32 row of bits per matcher (bit i of word w allows token 32 * w + i)."""
+        """Per matcher, the tokens that may not come next: [len(matchers), vocab_size] booleans (True: refused),
+        ready for the sampler's masked_fill."""
         return self._thread.submit(self._fill, list(matchers))
 
     def _fill(self, matchers: list[llguidance.LLMatcher]) -> torch.Tensor:
-        masks = torch.empty((len(matchers), self.compiler.mask_words), dtype=torch.int32)
+        masks = np.empty((len(matchers), self.compiler.mask_words), dtype=np.int32)
         row_bytes = masks.shape[1] * 4
         for i, matcher in enumerate(matchers):
-            matcher.unsafe_compute_mask_ptr(masks[i].data_ptr(), row_bytes)
-        return masks
+            matcher.unsafe_compute_mask_ptr(masks[i].ctypes.data, row_bytes)
+        return torch.from_numpy(np.logical_not(allowed_tokens(masks, self.compiler.vocab_size)))
 
 
-_BIT_SHIFTS = torch.arange(32, dtype=torch.int32)
+def allowed_tokens(masks: np.ndarray, vocab: int) -> np.ndarray:
+    """[rows, words] int32 bitmasks (bit i of word w allows token 32 * w + i) -> [rows, vocab] booleans.
 
-
-def allowed_tokens(masks: torch.Tensor, vocab: int) -> torch.Tensor:
-    """[rows, words] int32 bitmasks -> [rows, vocab] booleans."""
-    bits = (masks.unsqueeze(-1) >> _BIT_SHIFTS) & 1
-    return bits.reshape(masks.shape[0], -1)[:, :vocab].bool()
+    numpy's unpackbits does it in microseconds; the same with torch shifts took milliseconds per row."""
+    return np.unpackbits(masks.view(np.uint8), axis=1, bitorder="little")[:, :vocab].view(np.bool_)
 
 
 def consume(matcher: llguidance.LLMatcher, token_id: int) -> bool:

@@ -48,14 +48,14 @@ def choose_tokens(
     samplers: Sequence[RequestSampler],
     histories: Sequence[Sequence[int]],
     top_n_tokens: Sequence[int],
-    allowed: tuple[list[int], torch.Tensor] | None = None,
+    refused: tuple[list[int], torch.Tensor] | None = None,
 ) -> ChosenTokens:
     """Choose the next token of every request from its last-position logits [B, V].
 
     histories: prompt + generated ids per request, read only for rows with a penalty.
-    allowed: (rows, [len(rows), V] booleans) for rows under a grammar (shard/grammar.py); the others
-    are free. The mask comes after the penalties and before the warpers, so that top-k and top-p choose
-    among valid tokens only.
+    refused: (rows, [len(rows), V] booleans, True for a token the row's grammar refuses) for rows under a
+    grammar (shard/grammar.py); the others are free. The mask comes after the penalties and before the
+    warpers, so that top-k and top-p choose among valid tokens only.
     logprobs are log_softmax of the processed logits, i.e. of the distribution actually used.
     """
     params = [s.params for s in samplers]
@@ -64,8 +64,8 @@ def choose_tokens(
     scores = logits.float()
     if any(p.has_penalties for p in params):
         scores = _apply_penalties(scores, params, histories)
-    if allowed is not None:
-        scores = _apply_grammar_masks(scores, *allowed)
+    if refused is not None:
+        scores = _apply_grammar_masks(scores, *refused)
     if any(p.has_warpers for p in params):
         scores = _apply_warpers(scores, params)
     logprobs = torch.log_softmax(scores, dim=-1)
@@ -118,12 +118,12 @@ def _apply_penalties(
     return scores - frequency * counts - presence * present.to(scores.dtype)
 
 
-def _apply_grammar_masks(scores: torch.Tensor, rows: list[int], allowed: torch.Tensor) -> torch.Tensor:
-    allowed = allowed.to(scores.device)
+def _apply_grammar_masks(scores: torch.Tensor, rows: list[int], refused: torch.Tensor) -> torch.Tensor:
+    refused = refused.to(scores.device, non_blocking=True)
     if len(rows) == scores.shape[0]:
-        return scores.masked_fill(~allowed, NEG_INF)
+        return scores.masked_fill(refused, NEG_INF)
     index = torch.tensor(rows, dtype=torch.long, device=scores.device)
-    return scores.index_copy(0, index, scores.index_select(0, index).masked_fill(~allowed, NEG_INF))
+    return scores.index_copy(0, index, scores.index_select(0, index).masked_fill(refused, NEG_INF))
 
 
 def _flatten_histories(histories: Sequence[Sequence[int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -52,12 +52,17 @@ def resolve_tool_choice(tools: list[dict[str, Any]] | None, choice: Any, paralle
 def tool_call_lark(tools: list[dict[str, Any]], choice: ToolChoice) -> str:
     """The Lark grammar (llguidance's dialect, JSON schemas inline) for `choice` over `tools`."""
     by_name = {tool["function"]["name"]: tool["function"] for tool in tools}
-    calls = [_call_schema(name, by_name[name]) for name in dict.fromkeys(choice.names)]
+    names = list(dict.fromkeys(choice.names))
+    # Each tool's parameters live under the root's $defs, so that their own `#/...` references still resolve.
+    definitions = {f"arguments_{i}": _rebased(by_name[name].get("parameters") or NO_PARAMETERS, f"/$defs/arguments_{i}")
+                   for i, name in enumerate(names)}
+    calls = [_call_schema(name, f"#/$defs/arguments_{i}") for i, name in enumerate(names)]
     strict = all(by_name[name].get("strict") is True for name in choice.names)
     array: dict[str, Any] = {
         "type": "array",
         "items": calls[0] if len(calls) == 1 else {"anyOf": calls},
         "minItems": 1,
+        "$defs": definitions,
         # Without strict, keywords the engine does not implement are ignored (router/grammar.py).
         "x-guidance": {**JSON_COMPILE_OPTIONS, "lenient": not strict},
     }
@@ -70,11 +75,23 @@ def tool_call_lark(tools: list[dict[str, Any]], choice: ToolChoice) -> str:
     return "\n".join(["start: calls", *rules])
 
 
-def _call_schema(name: str, function: dict[str, Any]) -> dict[str, Any]:
-    parameters = function.get("parameters") or NO_PARAMETERS
+def _rebased(schema: Any, base: str) -> Any:
+    """`schema` with every local reference (`#`, `#/$defs/x`, ...) rewritten to point under `base`."""
+    if isinstance(schema, list):
+        return [_rebased(item, base) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {key: _rebased(value, base) for key, value in schema.items()}
+    ref = schema.get("$ref")
+    if isinstance(ref, str) and ref.startswith("#"):
+        out["$ref"] = "#" + base + ref[1:]
+    return out
+
+
+def _call_schema(name: str, arguments_ref: str) -> dict[str, Any]:
     return {
         "type": "object",
-        "properties": {"name": {"const": name}, "arguments": parameters},
+        "properties": {"name": {"const": name}, "arguments": {"$ref": arguments_ref}},
         "required": ["name", "arguments"],
         "additionalProperties": False,
     }

@@ -104,3 +104,21 @@ def test_escaped_name_is_decoded() -> None:
     reader = ToolCallReader(text_allowed=False)
     reader.feed('[{"name": "caf\\u00e9", "arguments": {}}]')
     assert reader.calls[0].name == "café"
+
+
+def test_each_tools_own_references_resolve(tokenizer: tokenizers.Tokenizer) -> None:
+    # Two tools with a `date` definition each, one referring to its whole parameters (`#`).
+    book = {"type": "function", "function": {"name": "book", "parameters": {
+        "type": "object", "properties": {"day": {"$ref": "#/$defs/date"}, "next": {"$ref": "#"}},
+        "required": ["day"], "additionalProperties": False, "$defs": {"date": {"enum": ["mon", "tue"]}}}}}
+    count = {"type": "function", "function": {"name": "count", "parameters": {
+        "type": "object", "properties": {"n": {"$ref": "#/$defs/date"}}, "required": ["n"],
+        "additionalProperties": False, "$defs": {"date": {"type": "integer"}}}}}
+    tools = [book, count]
+    choice = resolve_tool_choice(tools, "required", None)
+    assert choice is not None
+    grammar = GrammarCompiler(tokenizer).compile_lark(tool_call_lark(tools, choice))
+    assert accepts(tokenizer, grammar, '[{"name": "book", "arguments": {"day": "mon", "next": {"day": "tue"}}}, '
+                                       '{"name": "count", "arguments": {"n": 3}}]')
+    assert not accepts(tokenizer, grammar, '[{"name": "count", "arguments": {"n": "mon"}}]')
+    assert not accepts(tokenizer, grammar, '[{"name": "book", "arguments": {"day": 3}}]')

@@ -2,7 +2,8 @@
 # Structured output overhead (issue 17), in one run against one tgi-py server on the embedded model:
 # LEVEL streams of free text, of one JSON schema (bench/schemas/people.json: 40+ objects, so every answer
 # runs to its TOKENS), and of that schema made new to the server in every request (--fresh-schema: each one
-# compiled by the router and by the shard), alternating ROUNDS times; then bench/structured.py's summary.
+# compiled by the router and by the shard), alternating ROUNDS times after one uncounted warm-up run; then
+# bench/structured.py's summary (the median round of each).
 #   bash bench/structured.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,7 +14,7 @@ LEVEL=${LEVEL:-16}
 TOKENS=${TOKENS:-128}
 PROMPT=${PROMPT:-128}
 DURATION=${DURATION:-40}
-ROUNDS=${ROUNDS:-2}
+ROUNDS=${ROUNDS:-3}
 DTYPE=${DTYPE:-bfloat16}
 SCHEMA=${SCHEMA:-bench/schemas/people.json}
 PORT=3141
@@ -31,6 +32,7 @@ run() {  # name output [tgi-bench options...]
       --output-tokens "$TOKENS" --prompt-tokens "$PROMPT" --prompt-template chatml --duration "$DURATION" \
       --request-timeout 120 --no-progress --output "$output" "$@" | tee "${output%.json}.txt"
 }
+run warmup "$OUT/warmup.json" --json-schema "$SCHEMA"  # first requests warm the thread governor: not counted
 results=()
 for round in $(seq "$ROUNDS"); do
   run free "$OUT/free-$round.json"

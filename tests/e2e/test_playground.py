@@ -5,8 +5,8 @@ downloaded; `make install` installs both). One server for the module, with `--ap
 shows that the page works with it) and `--max-concurrent-requests 2` (side by side takes both slots: a 429
 is one occupied slot pair away). The tiny random model never emits EOS, so a request runs to max_new_tokens.
 
-The screenshots in docs/img/ come from these tests: they are written to a temporary directory on every run,
-and into docs/img/ with `TGI_PY_PLAYGROUND_SCREENSHOTS=docs/img` (see docs/playground.md).
+Screenshots of the states checked here go to a temporary directory; those in docs/img/ come from
+tests/e2e/test_playground_embedded.py, on the embedded model (see docs/playground.md).
 """
 
 from __future__ import annotations
@@ -56,10 +56,9 @@ def browser() -> Iterator[Any]:
 
 @pytest.fixture(scope="module")
 def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    where = os.environ.get("TGI_PY_PLAYGROUND_SCREENSHOTS")
-    path = Path(where) if where else tmp_path_factory.mktemp("screenshots")
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    # Mid-stream states of the tiny model, for looking at when a test fails; docs/img/ comes from
+    # tests/e2e/test_playground_embedded.py (real text).
+    return tmp_path_factory.mktemp("screenshots")
 
 
 @pytest.fixture

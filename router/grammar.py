@@ -6,8 +6,9 @@ those by router/openai_schemas.py), and the tool-call grammars of router/tool_gr
 The shard builds its matchers from the text compiled here (shard/grammar.py).
 
 A check is: the engine's own validation (its message becomes the 422), then a real matcher on the
-model's tokenizer and its first mask, within a time budget. The budget is what keeps a small but
-pathological grammar (a regex like `(a{1000}){1000}` takes seconds to lex) off the shards. Results,
+model's tokenizer and its first mask, within a time budget. The engine's lexer fuel (common/grammar.py) and
+that budget keep a small but pathological grammar (a regex like `(a{1000}){1000}` takes seconds to lex with
+the engine's defaults) off the shards. Results,
 errors included, are cached by grammar, so a schema that comes back costs nothing, and validation runs
 on a worker thread (router/server.py), never on the event loop.
 """
@@ -23,7 +24,7 @@ from typing import Any
 import llguidance
 import tokenizers
 
-from common.grammar import JSON_COMPILE_OPTIONS
+from common.grammar import INITIAL_LEXER_FUEL, JSON_COMPILE_OPTIONS
 from router.schemas import Grammar
 
 # A schema or regex larger than this is refused before compiling (bytes of its JSON text).
@@ -86,11 +87,12 @@ class GrammarCompiler:
 
     def _check(self, text: str) -> str:
         lltokenizer = self._tokenizer()
-        is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(text, lltokenizer)
+        limits = llguidance.LLParserLimits(initial_lexer_fuel=INITIAL_LEXER_FUEL)
+        is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(text, lltokenizer, limits=limits)
         if is_error:
             raise GrammarError(f"invalid grammar: {messages[0]}")
         started = time.perf_counter()
-        matcher = llguidance.LLMatcher(lltokenizer, text, log_level=0)
+        matcher = llguidance.LLMatcher(lltokenizer, text, log_level=0, limits=limits)
         if not matcher.is_error():
             matcher.compute_bitmask()
         if matcher.is_error():

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from tokenizers import Tokenizer
 
-from common.grammar import JSON_COMPILE_OPTIONS
+from common.grammar import INITIAL_LEXER_FUEL, JSON_COMPILE_OPTIONS
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,8 @@ class GrammarCompiler:
         """A fresh matcher at the start of `grammar` (llguidance grammar text)."""
         compiled = self._compiled.get(grammar)
         if compiled is None:
-            compiled = llguidance.LLMatcher(self.lltokenizer, grammar, log_level=0)
+            compiled = llguidance.LLMatcher(self.lltokenizer, grammar, log_level=0,
+                                            limits=llguidance.LLParserLimits(initial_lexer_fuel=INITIAL_LEXER_FUEL))
             if compiled.is_error():
                 raise GrammarError(compiled.get_error())
             self._compiled[grammar] = compiled

@@ -17,12 +17,19 @@ from router.response_schemas import RESPONSE_CONFIG, omitted_when_none
 OpenAIFinishReason = Literal["length", "stop", "tool_calls"]
 
 
+class PromptTokensDetails(BaseModel):
+    model_config = RESPONSE_CONFIG
+
+    cached_tokens: int = Field(description="prompt tokens whose keys and values the prefix cache already held")
+
+
 class Usage(BaseModel):
     model_config = RESPONSE_CONFIG
 
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    prompt_tokens_details: PromptTokensDetails
 
 
 # ---- chat --------------------------------------------------------------------------------------------

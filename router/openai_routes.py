@@ -29,6 +29,7 @@ from router.openai_response_schemas import (
     Model,
     ModelList,
     OpenAIFinishReason,
+    PromptTokensDetails,
     TopLogprob,
     Usage,
 )
@@ -38,6 +39,7 @@ from router.openai_schemas import (
     parse_chat_request,
     parse_completion_request,
 )
+from router.queue import Entry
 from router.response_schemas import ErrorResponse
 from router.responses import json_response, sse_event
 from router.schemas import GenerateRequest
@@ -101,10 +103,12 @@ def _completion_logprobs(events: list[TokenEvent], offset: int) -> CompletionLog
     )
 
 
-def _usage(valids: list[ValidRequest], finished: list[Finished]) -> Usage:
+def _usage(valids: list[ValidRequest], finished: list[Finished], entries: list[Entry]) -> Usage:
     prompt = sum(v.input_length for v in valids)
     completion = sum(f.generated_tokens for f in finished)
-    return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
+    cached = sum(e.cached_prompt_tokens or 0 for e in entries)
+    return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion,
+                 prompt_tokens_details=PromptTokensDetails(cached_tokens=cached))
 
 
 def chat_prompt(template: ChatTemplate | None, chat: ChatCompletionRequest, tools: ToolChoice | None) -> str:
@@ -184,7 +188,7 @@ class OpenAIRoutes:
                         logprobs=_chat_logprobs(events, self.token_bytes) if chat.logprobs else None,
                         finish_reason=openai_finish_reason(finished.finish_reason, calls),
                     )],
-                    usage=_usage([valid], [finished]),
+                    usage=_usage([valid], [finished], [entry]),
                 ))
             streamed = ""
             reader = ToolCallReader(tools.text) if tools is not None else None
@@ -239,7 +243,8 @@ class OpenAIRoutes:
             def usage_chunk(last: TokenEvent) -> bytes:
                 assert last.finished is not None
                 return sse_event(ChatCompletionChunk(**self._envelope(request_id), object="chat.completion.chunk",
-                                                     choices=[], usage=_usage([valid], [last.finished])), space=True)
+                                                     choices=[], usage=_usage([valid], [last.finished], [entry])),
+                                 space=True)
 
             return await self._stream(request, [(valid, entry)], [chunk], usage_chunk if chat.include_usage else None)
 
@@ -273,7 +278,7 @@ class OpenAIRoutes:
                         finish_reason=openai_finish_reason(finished.finish_reason),
                     ))
                 return json_response(Completion(**self._envelope(request_id), object="text_completion",
-                                                choices=choices, usage=_usage(valids, finished_all)))
+                                                choices=choices, usage=_usage(valids, finished_all, entries)))
 
             def chunker(index: int, valid: ValidRequest) -> Callable[[TokenEvent], bytes]:
                 streamed = ""
@@ -300,7 +305,7 @@ class OpenAIRoutes:
 
             def usage_chunk(last: TokenEvent) -> bytes:
                 return sse_event(Completion(**self._envelope(request_id), object="text_completion", choices=[],
-                                            usage=_usage(valids, finals)), space=True)
+                                            usage=_usage(valids, finals, entries)), space=True)
 
             return await self._stream(request, list(zip(valids, entries, strict=True)),
                                       [chunker(i, v) for i, v in enumerate(valids)],

@@ -104,8 +104,9 @@ def test_chat_stream_with_usage_ends_usage_then_done(server: LaunchedServer) -> 
     assert [c for c in chunks if c.get("usage")] == [chunks[-1]]
     assert chunks[-1]["choices"] == []
     prompt_tokens = token_count(server, render_chat(CHAT_MESSAGES))
-    assert chunks[-1]["usage"] == {"prompt_tokens": prompt_tokens, "completion_tokens": 20,
-                                   "total_tokens": prompt_tokens + 20}
+    usage = chunks[-1]["usage"]
+    assert 0 <= usage.pop("prompt_tokens_details")["cached_tokens"] < prompt_tokens
+    assert usage == {"prompt_tokens": prompt_tokens, "completion_tokens": 20, "total_tokens": prompt_tokens + 20}
     assert len(chunks) == 21
 
 

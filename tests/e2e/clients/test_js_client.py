@@ -66,8 +66,10 @@ def test_chat_completion_stream_equals_non_stream(server: LaunchedServer) -> Non
     content = result["choices"][0]["message"]["content"]
     assert content == native_generate(server, render_chat(MESSAGES), MAX_TOKENS)["generated_text"]
     prompt_tokens = token_count(server, render_chat(MESSAGES))
-    assert result["usage"] == {"prompt_tokens": prompt_tokens, "completion_tokens": MAX_TOKENS,
-                               "total_tokens": prompt_tokens + MAX_TOKENS}
+    usage = result["usage"]
+    assert 0 <= usage.pop("prompt_tokens_details")["cached_tokens"] < prompt_tokens
+    assert usage == {"prompt_tokens": prompt_tokens, "completion_tokens": MAX_TOKENS,
+                     "total_tokens": prompt_tokens + MAX_TOKENS}
 
     streamed = chat(server, stream=True)
     assert streamed["ok"], streamed

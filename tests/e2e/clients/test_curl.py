@@ -7,8 +7,6 @@ import shutil
 import signal
 import subprocess
 
-import pytest
-
 from tests.e2e.clients.helpers import (
     HOLD_TOKENS,
     assert_full,
@@ -22,7 +20,7 @@ from tests.e2e.clients.helpers import (
 )
 from tests.e2e.server import LaunchedServer
 
-pytestmark = pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+assert shutil.which("curl"), "these tests drive the curl command line: install curl"
 
 CHAT_MESSAGES = [
     {"role": "system", "content": "You are a helpful assistant."},

@@ -7,8 +7,6 @@ Random weights: every output is validated (tests/e2e/clients/structured.py).
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,6 +27,7 @@ from tests.e2e.clients.structured import (
     validate_json,
     validate_regex,
 )
+from tests.e2e.clients.test_curl import curl, host_port
 from tests.e2e.server import LaunchedServer
 
 
@@ -38,18 +37,7 @@ def server(tiny_llama: Path) -> Iterator[LaunchedServer]:
     yield from structured_server(tiny_llama)
 
 
-pytestmark = pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
 PROMPT = "What is Deep Learning?"
-
-
-def host_port(server: LaunchedServer) -> str:
-    return server.url.removeprefix("http://")
-
-
-def curl(*args: str) -> bytes:
-    done = subprocess.run(["curl", *args], capture_output=True, timeout=120)
-    assert done.returncode == 0, done.stderr.decode()
-    return done.stdout
 
 
 def curl_post(server: LaunchedServer, route: str, body: dict, *flags: str) -> tuple[int, bytes]:

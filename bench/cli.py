@@ -14,7 +14,7 @@ from typing import Any
 from bench import __version__
 from bench.apis import IGNORE_EOS_MODES, PROMPT_TEMPLATES, GenerationSettings, Target, TargetSpecError, parse_target
 from bench.conversation import MultiTurn, run_multi_turn
-from bench.prompts import make_prompts
+from bench.prompts import PROMPT_SETS, make_prompt_set
 from bench.report import format_table, results_document, write_json
 from bench.runner import RunConfig, run_benchmark
 
@@ -99,6 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "[0.5, 1.5] x N (default: 256)")
     p.add_argument("--num-prompts", type=_positive_int, default=2048, metavar="N",
                    help="size of the seeded prompt list, used in order and cycled (default: 2048)")
+    p.add_argument("--prompt-set", choices=PROMPT_SETS, default="generic",
+                   help="generic: questions over shuffled context sentences; grounded: rewrite or summarize a "
+                        "supplied public-domain passage (bench/passages.py), the workload of n-gram speculation "
+                        "(default: generic)")
     p.add_argument("--prompt-template", choices=sorted(PROMPT_TEMPLATES), default="none",
                    help="wrap prompts of the raw-text APIs (tgi, openai-completions) in a chat template; "
                         "openai-chat always uses the server's own template (default: none)")
@@ -217,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
                                     seed=args.seed, prompt_template=args.prompt_template,
                                     json_schema=_load_schema(parser, args.json_schema),
                                     fresh_schema=args.fresh_schema),
-        prompts=make_prompts(args.num_prompts, args.prompt_tokens, args.seed),
+        prompts=make_prompt_set(args.prompt_set, args.num_prompts, args.prompt_tokens, args.seed),
         requests_per_level=args.requests_per_level,
         duration=args.duration,
         warmup=args.warmup,

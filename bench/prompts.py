@@ -122,3 +122,57 @@ def make_prompts(count: int, target_tokens: int, seed: int = 0) -> list[Prompt]:
             text = " ".join(words[:keep])
         prompts.append(Prompt(text=text, approx_tokens=estimate_tokens(text)))
     return prompts
+
+
+# Prompt sets tgi-bench can run (--prompt-set): generic questions over shuffled context, or tasks grounded
+# in a supplied passage (rewrite, summarise: the answer reuses the input's words).
+PROMPT_SETS = ("generic", "grounded")
+
+
+def _sentences(text: str) -> list[str]:
+    """The passage cut after each sentence end (., !, ? or ; followed by a space), kept verbatim."""
+    out: list[str] = []
+    start = 0
+    for i, char in enumerate(text):
+        if char in ".!?;" and (i + 1 == len(text) or text[i + 1] == " "):
+            out.append(text[start: i + 1].strip())
+            start = i + 1
+    if text[start:].strip():
+        out.append(text[start:].strip())
+    return out
+
+
+def make_grounded_prompts(count: int, target_tokens: int, seed: int = 0) -> list[Prompt]:
+    """`count` input-grounded prompts: a rewriting task (simpler words, spelling fixes, modern English,
+    one sentence per line) over a public-domain passage (bench/passages.py), the passage cut to about
+    `target_tokens` (whole sentences from its start, at least one, at most all of it). Passages and tasks
+    are drawn with `seed`; the same arguments give the same prompts. The answers reuse the passage's
+    words, the case n-gram speculation (--speculate) is for."""
+    from bench.passages import PASSAGES, TASKS
+
+    if count <= 0:
+        raise ValueError("count must be positive")
+    if target_tokens <= 0:
+        raise ValueError("target_tokens must be positive")
+    rng = random.Random(seed)
+    prompts = []
+    for i in range(count):
+        _, passage = PASSAGES[(i + rng.randrange(len(PASSAGES))) % len(PASSAGES)]
+        task = TASKS[rng.randrange(len(TASKS))]
+        kept: list[str] = []
+        for sentence in _sentences(passage):
+            if kept and estimate_tokens(task.format(passage=" ".join([*kept, sentence]))) > target_tokens:
+                break
+            kept.append(sentence)
+        text = task.format(passage=" ".join(kept))
+        prompts.append(Prompt(text=text, approx_tokens=estimate_tokens(text)))
+    return prompts
+
+
+def make_prompt_set(name: str, count: int, target_tokens: int, seed: int = 0) -> list[Prompt]:
+    """The prompts of set `name` (one of PROMPT_SETS)."""
+    if name == "generic":
+        return make_prompts(count, target_tokens, seed)
+    if name == "grounded":
+        return make_grounded_prompts(count, target_tokens, seed)
+    raise ValueError(f"unknown prompt set {name!r}: expected one of {', '.join(PROMPT_SETS)}")

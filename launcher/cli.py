@@ -6,6 +6,7 @@ from typing import Any
 
 import click
 
+from common.quantization import UnsupportedQuantization, resolve_quantize
 from launcher.commands import plan_launch
 from launcher.model_source import ModelSourceError, default_token_limits, resolve_model
 from launcher.processes import launch
@@ -42,6 +43,14 @@ PORT = click.IntRange(1, 65535)
 def _option(flag: str, **kwargs: Any) -> Any:
     envvar = flag.lstrip("-").replace("-", "_").upper()
     return click.option(flag, envvar=envvar, show_envvar=True, show_default=True, **kwargs)
+
+
+def _quantize(value: str | None) -> str | None:
+    """--quantize's canonical kind (int8, int4) or None; anything unsupported stops the launch here."""
+    try:
+        return resolve_quantize(value)
+    except UnsupportedQuantization as err:
+        raise click.BadParameter(str(err), param_hint="--quantize") from err
 
 
 def router_flags(settings: dict[str, Any]) -> list[str]:
@@ -96,6 +105,9 @@ def check_limits(settings: dict[str, Any]) -> None:
 @_option("--revision", default=None, help="Hub revision (branch, tag or commit) of --model-id.")
 @_option("--num-shard", type=click.IntRange(min=1), default=1, help="Tensor-parallel shard processes.")
 @_option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32")
+@_option("--quantize", default=None, callback=lambda _ctx, _param, value: _quantize(value),
+         help="Weight-only quantization at load: int8 (per output channel; TGI's eetq is the same) or int4 "
+              "(groups of 32 with scale and min, as GGUF Q4_1). [default: none]")
 @_option("--trust-remote-code", is_flag=True, help="Allow model code shipped with the checkpoint.")
 @_option("--max-concurrent-requests", type=click.IntRange(min=1), default=128)
 @_option("--max-best-of", type=click.IntRange(min=1), default=2)
@@ -135,6 +147,9 @@ def check_limits(settings: dict[str, Any]) -> None:
          help="Prompt tokens a shard feeds per step while other requests decode (chunked prefill; ours).")
 @_option("--prefix-caching", type=click.BOOL, default=True,
          help="Reuse the KV cache of prompt prefixes computed before (true/false, 1/0).")
+@_option("--speculate", type=click.IntRange(min=0), default=0,
+         help="N-gram speculation: up to N draft tokens per request and step, looked up in the prompt and "
+              "output so far and verified in one forward (0: off).")
 @_option("--threads", type=click.IntRange(min=1), default=None,
          help="CPU threads per shard; beats OMP_NUM_THREADS. [default: the CPUs the process may use (affinity "
               "mask, cgroup quota), divided among this node's shards] (ours)")
@@ -200,6 +215,8 @@ def main(**settings: Any) -> None:
         json_output=settings["json_output"],
         grace_s=settings["graceful_termination_timeout"],
         shard_extra_env={"PREFILL_CHUNK_TOKENS": str(settings["prefill_chunk_tokens"]),
+                         "SPECULATE": str(settings["speculate"]),
+                         "QUANTIZE": settings["quantize"] or "",
                          **({"SHARD_ADVERTISE_HOST": settings["shard_advertise_host"]}
                             if settings["shard_advertise_host"] else {})},
         nnodes=settings["nnodes"],

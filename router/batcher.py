@@ -162,6 +162,9 @@ class Batcher:
         m.batch_inference_duration.labels(method).observe(received_at - start)
         m.batch_forward_duration.labels(method).observe(result.forward_ns / 1e9)
         m.batch_decode_duration.labels(method).observe(result.sample_and_postprocess_ns / 1e9)
+        if result.draft_tokens:
+            m.speculative_draft_tokens.inc(result.draft_tokens)
+            m.speculative_accepted_tokens.inc(result.accepted_tokens)
         self._observe_batch()
         if handlers_woken:
             # Let the handlers write the tokens queued for them before the next step starts: once it runs,
@@ -180,7 +183,9 @@ class Batcher:
             sum(e.cache_tokens(self.config.block_size) for e in self.running.values()))
 
     def _dispatch(self, generations: Iterable[Generation], received_at: float) -> int:
-        """Send each generation's token to its stream; returns how many went to a handler's queue."""
+        """Send each generation's token to its stream; returns how many went to a handler's queue. A request
+        that got several tokens in the step (speculation) has several generations, in order: each is its
+        own event with the next index."""
         now = self.last_progress = received_at
         queued = written_directly = 0
         prompt_tokens = cached_tokens = 0  # of the requests whose first token this is

@@ -58,10 +58,17 @@ class Metrics:
                                                   "Prompt tokens of requests that were prefilled", registry=r)
         self.prefix_cache_hit_tokens = Counter("tgi_py_prefix_cache_hit_tokens",
                                                "Prompt tokens reused from the prefix cache", registry=r)
+        # ours: speculation (--speculate): draft tokens the shards verified, and how many the model accepted
+        # (accepted / draft is the acceptance rate; each accepted one is a token without a forward of its own)
+        self.speculative_draft_tokens = Counter("tgi_py_speculative_draft_tokens",
+                                                "Draft tokens verified (n-gram speculation)", registry=r)
+        self.speculative_accepted_tokens = Counter("tgi_py_speculative_accepted_tokens",
+                                                   "Draft tokens accepted (n-gram speculation)", registry=r)
         self._counter_names = [m._name for m in (
             self.request_count, self.request_success, self.request_failure,
             self.batch_inference_count, self.batch_inference_success,
-            self.prefix_cache_prompt_tokens, self.prefix_cache_hit_tokens)]
+            self.prefix_cache_prompt_tokens, self.prefix_cache_hit_tokens,
+            self.speculative_draft_tokens, self.speculative_accepted_tokens)]
 
     def _histogram(self, name: str, doc: str, buckets: tuple = DURATION_BUCKETS,
                    labels: list[str] | None = None) -> Histogram:

@@ -85,33 +85,68 @@ def cached_batch_from_proto(batch: pb.CachedBatch) -> CachedBatch:
     return CachedBatch(batch.id, tuple(batch.request_ids), batch.size, batch.max_tokens, batch.current_tokens)
 
 
+def _finished_from_proto(generation: pb.Generation) -> Finished | None:
+    if not generation.HasField("generated_text"):
+        return None
+    g = generation.generated_text
+    return Finished(g.text, FINISH_REASONS.get(g.finish_reason, "length"), g.generated_tokens,
+                    g.seed if g.HasField("seed") else None)
+
+
 def generation_from_proto(generation: pb.Generation) -> Generation:
+    """A generation of one token (see generations_from_proto for several)."""
     tokens = generation.tokens
     logprob = tokens.logprobs[0]
     # The step's generated token, built directly: per token, half the cost of tokens_from_proto's list.
     token = Token(tokens.ids[0], tokens.texts[0], None if math.isnan(logprob) else logprob, tokens.is_special[0])
-    finished = None
-    if generation.HasField("generated_text"):
-        g = generation.generated_text
-        finished = Finished(g.text, FINISH_REASONS.get(g.finish_reason, "length"), g.generated_tokens,
-                            g.seed if g.HasField("seed") else None)
     return Generation(
         generation.request_id,
         token,
         [t for top in generation.top_tokens for t in tokens_from_proto(top)] if generation.top_tokens else (),
         tokens_from_proto(generation.prefill_tokens) if generation.HasField("prefill_tokens") else (),
-        finished,
+        _finished_from_proto(generation),
         generation.cached_prompt_tokens,
     )
 
 
+def generations_from_proto(generation: pb.Generation) -> list[Generation]:
+    """One router Generation per token of a shard's generation, in order: with speculation one step may
+    give a request several tokens, and each is its own stream event. The prompt's tokens and the cached
+    prompt count go with the first, the end with the last; top_tokens[i] belongs to token i."""
+    tokens = generation.tokens
+    count = len(tokens.ids)
+    if count <= 1:
+        return [generation_from_proto(generation)]
+    top = generation.top_tokens
+    out = []
+    for i in range(count):
+        logprob = tokens.logprobs[i]
+        out.append(Generation(
+            generation.request_id,
+            Token(tokens.ids[i], tokens.texts[i], None if math.isnan(logprob) else logprob, tokens.is_special[i]),
+            tokens_from_proto(top[i]) if i < len(top) else (),
+            tokens_from_proto(generation.prefill_tokens) if i == 0 and generation.HasField("prefill_tokens") else (),
+            _finished_from_proto(generation) if i == count - 1 else None,
+            generation.cached_prompt_tokens if i == 0 else 0,
+        ))
+    return out
+
+
 def step_from_proto(response: pb.PrefillResponse | pb.DecodeResponse, received_at: float) -> StepResult:
+    generations: list[Generation] = []
+    for g in response.generations:
+        if len(g.tokens.ids) > 1:
+            generations.extend(generations_from_proto(g))
+        else:
+            generations.append(generation_from_proto(g))
     return StepResult(
-        generations=[generation_from_proto(g) for g in response.generations],
+        generations=generations,
         batch=cached_batch_from_proto(response.batch) if response.HasField("batch") else None,
         forward_ns=response.forward_ns,
         sample_and_postprocess_ns=response.decode_ns,
         received_at=received_at,
+        draft_tokens=response.speculative_draft_tokens,
+        accepted_tokens=response.speculative_accepted_tokens,
     )
 
 

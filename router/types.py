@@ -90,7 +90,8 @@ class Finished:
 
 
 class Generation(NamedTuple):
-    """One request's result of one step: its new token, and how it ended if it did."""
+    """One token of one request: its new token, and how it ended if it did. (A step that accepted speculated
+    tokens gives a request several, in order: router/shard_client.py splits them.)"""
 
     request_id: int
     token: Token
@@ -112,6 +113,9 @@ class StepResult:
     sample_and_postprocess_ns: int
     # monotonic time the answer arrived, before it was converted (router overhead metric)
     received_at: float
+    # speculation (--speculate): draft tokens the step verified, and how many of them were accepted
+    draft_tokens: int = 0
+    accepted_tokens: int = 0
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ import grpc
 import torch
 
 from common.logs import setup_logging
+from common.quantization import UnsupportedQuantization, resolve_quantize
 from common.sockets import shard_socket_path
 from shard.cpu_budget import cpu_budget
 from shard.detokenize import special_token_ids
@@ -38,6 +39,13 @@ def _thread_count(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, not {value}")
     return value
 
 
@@ -66,10 +74,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--prefix-caching", type=_on_off, default=None,
                         help="reuse the KV blocks of prompt prefixes computed before (true/false; default: "
                              "PREFIX_CACHING, else true)")
+    parser.add_argument("--speculate", type=_non_negative, default=int(os.environ.get("SPECULATE", 0)),
+                        help="n-gram speculation: up to N draft tokens per decoding request and step (0: off)")
+    parser.add_argument("--quantize", default=os.environ.get("QUANTIZE") or None,
+                        help="weight-only quantization at load: int8 (or eetq), int4 (default: QUANTIZE, else none)")
     parser.add_argument("--threads", type=_thread_count, default=None,
                         help="CPU threads (beats OMP_NUM_THREADS; default: the CPUs this process may use, "
                              "from its affinity mask and cgroup quota, divided among the node's shards)")
     args = parser.parse_args(argv)
+    try:
+        args.quantize = resolve_quantize(args.quantize)
+    except UnsupportedQuantization as exc:
+        parser.error(str(exc))
     if args.prefix_caching is None:
         try:
             args.prefix_caching = _on_off(os.environ.get("PREFIX_CACHING", "true"))
@@ -83,8 +99,12 @@ def build_engine(args: argparse.Namespace, dist: Distributed) -> Engine:
 
     architecture = architecture_of(args.model_dir)
     runner: ModelRunner
+    quantize = getattr(args, "quantize", None)
+    if quantize is not None and architecture not in LLAMA_FAMILY:
+        raise SystemExit(f"--quantize {quantize}: architecture {architecture!r} is served by the generic "
+                         f"transformers path, which has no quantized weights (the Llama family has)")
     if architecture in LLAMA_FAMILY:
-        weights = Weights(args.model_dir, DTYPES[args.dtype], dist.device)
+        weights = Weights(args.model_dir, DTYPES[args.dtype], dist.device, quantize)
         model = LlamaModel(ModelConfig.load(args.model_dir), weights, dist)
         runner = PagedRunner(model, dist, args.kv_cache_bytes, args.block_size,
                              getattr(args, "prefix_caching", True))
@@ -104,10 +124,12 @@ def build_engine(args: argparse.Namespace, dist: Distributed) -> Engine:
                         "request and cannot share blocks", architecture)
     tokenizer = Tokenizer.from_file(str(args.model_dir / "tokenizer.json"))
     engine = Engine(runner, tokenizer, eos_token_ids_for(args.model_dir, tokenizer), special_token_ids(tokenizer),
-                    getattr(args, "prefill_chunk_tokens", 256), vocab_size_of(args.model_dir))
+                    getattr(args, "prefill_chunk_tokens", 256), vocab_size_of(args.model_dir),
+                    speculate=getattr(args, "speculate", 0))
     engine.weight_bytes = weight_bytes
     log.info("rank %d/%d loaded %s: %.1f MB of weights (%s), prefix caching %s", dist.rank, dist.world_size,
-             architecture, weight_bytes / 1e6, args.dtype, "on" if runner.prefix_caching else "off")
+             architecture, weight_bytes / 1e6, args.dtype + (f", {quantize} weights" if quantize else ""),
+             "on" if runner.prefix_caching else "off")
     return engine
 
 
@@ -146,7 +168,7 @@ async def serve(args: argparse.Namespace) -> None:
         own_url = f"unix://{socket_path}"
     urls = dist.all_gather_strings(own_url)
     info = pb.InfoResponse(
-        requires_padding=False, dtype=args.dtype, device_type=dist.device.type, speculate=0,
+        requires_padding=False, dtype=args.dtype, device_type=dist.device.type, speculate=engine.speculate,
         support_chunking=engine.runner.supports_chunking, use_prefix_caching=engine.runner.prefix_caching,
         attention_impl=engine.runner.attention_impl,
         block_size=engine.runner.block_size, model_id=args.model_id or str(args.model_dir),

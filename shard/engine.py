@@ -9,6 +9,7 @@ room, under the batch id the router knows.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 
@@ -20,14 +21,18 @@ from shard.grammar import GrammarCompiler, MaskWorker
 from shard.model_runner import ModelRunner
 from shard.postprocess import Postprocessor
 from shard.request_state import RequestState
-from shard.sampling import ChosenTokens, choose_tokens, prompt_token_logprobs
+from shard.sampling import ChosenTokens, VerifiedTokens, choose_tokens, prompt_token_logprobs, verify_drafts
 from shard.scheduler import Scheduler, StepPlan
+from shard.speculation import Drafter
 from shard.types import CachedBatch, Request, StepResult
+
+log = logging.getLogger("shard")
 
 
 class Engine:
     def __init__(self, runner: ModelRunner, tokenizer: Tokenizer, eos_token_ids: frozenset[int],
-                 special_ids: frozenset[int], prefill_chunk_tokens: int = 256, vocab_size: int = 0) -> None:
+                 special_ids: frozenset[int], prefill_chunk_tokens: int = 256, vocab_size: int = 0,
+                 speculate: int = 0) -> None:
         self.runner = runner
         self.tokenizer = tokenizer
         self.eos_token_ids = eos_token_ids
@@ -39,6 +44,19 @@ class Engine:
         self.weight_bytes = 0
         self.grammars = GrammarCompiler(tokenizer, vocab_size, eos_token_ids)
         self.masks = MaskWorker(self.grammars)
+        # N-gram speculation (shard/speculation.py): up to `speculate` drafts per decoding request and step,
+        # where the runner can verify them (every row through the paged cache).
+        if speculate and not getattr(runner, "supports_speculation", False):
+            log.warning("--speculate %d ignored: this model's runner cannot verify drafts", speculate)
+            speculate = 0
+        elif speculate:
+            log.info("n-gram speculation: up to %d draft tokens per request and step", speculate)
+        self.drafter = Drafter(speculate, getattr(runner, "max_step_rows", 32),
+                               exact_step_rows=getattr(runner, "exact_step_rows", 0))
+
+    @property
+    def speculate(self) -> int:
+        return self.drafter.speculate
 
     def warmup(self, max_input_tokens: int, max_prefill_tokens: int, max_batch_total_tokens: int = 0) -> int:
         """Allocate the KV pool, run a worst-case prefill through it, return its size in tokens."""
@@ -88,18 +106,29 @@ class Engine:
 
     def _step(self, batch_id: int, states: list[RequestState], carried: list[RequestState]) -> StepResult:
         start = time.perf_counter_ns()
-        plan = self.scheduler.schedule(states, others_waiting=bool(carried) or any(self.batches.values()))
+        others_waiting = bool(carried) or any(self.batches.values())
+        plan = self.scheduler.schedule(states, others_waiting=others_waiting)
+        if self.drafter.speculate and plan.decoding:
+            # Drafts fill the rows the step leaves under its limits (shard/speculation.py Drafter).
+            drafts = self.drafter.drafts(states, plan.num_rows)
+            if any(drafts):
+                plan = self.scheduler.schedule(states, others_waiting=others_waiting, drafts=drafts)
         # The grammar masks of this step's tokens are filled while the forward runs.
         constrained = [i for i, (request, _) in enumerate(plan.emitting) if request.matcher is not None]
         masks = self.masks.start([plan.emitting[i][0].matcher for i in constrained]) if constrained else None
         logits = self.runner.run(plan)
         forward_ns = time.perf_counter_ns() - start
         refused = (constrained, masks.result()[:, : logits.shape[-1]]) if masks is not None else None
+        verified = self._verify(plan, logits)
         generations = self.postprocessor.apply(plan, self._prompt_logprobs(plan, logits),
-                                               self._choose(plan, logits, refused))
+                                               self._choose(plan, logits, refused), verified)
         self._free([s for s in states if s.finish_reason is not None])
         batch = self._store(batch_id, carried + [s for s in states if s.finish_reason is None])
-        return StepResult(generations, batch, forward_ns, time.perf_counter_ns() - start - forward_ns)
+        for chunk, tokens in zip(plan.verifying, verified, strict=True):
+            self.drafter.record(chunk.request, len(chunk.drafts), tokens.accepted)
+        drafted, accepted = plan.drafted, sum(v.accepted for v in verified)
+        return StepResult(generations, batch, forward_ns, time.perf_counter_ns() - start - forward_ns,
+                          draft_tokens=drafted, accepted_tokens=accepted)
 
     # ---- sampling: what the step's logits say -------------------------------------------------
     @staticmethod
@@ -111,6 +140,17 @@ class Engine:
         requests = [request for request, _ in emitting]
         return choose_tokens(logits[[row for _, row in emitting]], [r.sampler for r in requests],
                              [r.all_ids for r in requests], [r.top_n_tokens for r in requests], refused)
+
+    @staticmethod
+    def _verify(plan: StepPlan[RequestState], logits: torch.Tensor) -> list[VerifiedTokens]:
+        """The kept drafts and the next token of each request that verified drafts in this step."""
+        if not plan.verifying:
+            return []
+        first = plan.verifying[0].logits_start
+        last = plan.verifying[-1].logits_start + plan.verifying[-1].length
+        requests = [v.request for v in plan.verifying]
+        return verify_drafts(logits[first:last], [r.sampler for r in requests], [r.all_ids for r in requests],
+                             [r.top_n_tokens for r in requests], [v.drafts for v in plan.verifying])
 
     @staticmethod
     def _prompt_logprobs(plan: StepPlan[RequestState], logits: torch.Tensor) -> list[list[float]]:

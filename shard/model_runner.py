@@ -18,6 +18,7 @@ from shard.distributed import Distributed
 from shard.kv_cache import KVCache, slots_of
 from shard.models.attention import SequenceRows
 from shard.models.llama import LlamaModel
+from shard.models.ops import KernelOps
 from shard.request_state import RequestState
 from shard.scheduler import StepPlan
 
@@ -41,6 +42,15 @@ class ModelRunner(Protocol):
     def release(self, request: RequestState) -> None: ...
     def register_blocks(self, blocks: Sequence[int], keys: Sequence[bytes], first: int) -> None: ...
     def run(self, plan: StepPlan[RequestState]) -> torch.Tensor: ...
+
+
+# Rows a step may take before drafts stop being added (without a model-specific limit).
+DEFAULT_STEP_ROWS = 32
+# The CPU kernels compute each of up to 4 input rows exactly as they would compute it alone
+# (shard/kernels/cpu_gemv.c: up to XB = 4 rows go through the per-row kernel; more go through blocks,
+# which round differently, the same for any number of rows past 4). A step whose own rows are within
+# this keeps its drafts within it too, so that greedy output is the same bits as without speculation.
+CPU_KERNEL_EXACT_ROWS = 4
 
 
 class PagedRunner:
@@ -67,6 +77,22 @@ class PagedRunner:
     @property
     def free_blocks(self) -> int:
         return self.blocks.free_blocks if self.blocks else 0
+
+    # Decoding requests may verify drafts in a step (shard/speculation.py): every row reads the paged cache.
+    supports_speculation = True
+
+    @property
+    def max_step_rows(self) -> int:
+        """Rows up to which a step stays on the fast few-row path: the one-call layers' limit where the
+        model has them, else DEFAULT_STEP_ROWS. Drafts are only added below it."""
+        one_call = getattr(self.model, "one_call_layers", None)
+        return one_call.max_rows if one_call is not None else DEFAULT_STEP_ROWS
+
+    @property
+    def exact_step_rows(self) -> int:
+        """Rows up to which a row's logits do not depend on how many rows share its step (0: no such
+        bound known, e.g. torch's BLAS, whose blocking may change with the row count)."""
+        return CPU_KERNEL_EXACT_ROWS if isinstance(self.model.ops, KernelOps) else 0
 
     def allocate(self, max_tokens: int = 0) -> int:
         """(Re)allocate the KV pool within the byte budget (and max_tokens if given); its size in tokens."""
@@ -111,8 +137,14 @@ class PagedRunner:
         assert self.cache is not None
         dev, bs = self.device, self.block_size
         sequences = [SequenceRows(r.block_table, r.cached_length, 1, is_prompt=False) for r in plan.decoding]
+        # A request verifying drafts is fed like a prompt chunk: its rows attend causally to each other and
+        # to its cache (the ops path it takes is the chunks', not the one-row decode one).
+        sequences += [SequenceRows(v.request.block_table, v.start, v.length, is_prompt=True) for v in plan.verifying]
         sequences += [SequenceRows(c.request.block_table, c.start, c.length, is_prompt=True) for c in plan.chunks]
         ids = [r.all_ids[-1] for r in plan.decoding]  # the newest token: not in the cache yet
+        for v in plan.verifying:
+            ids.append(v.request.all_ids[-1])
+            ids.extend(v.drafts)
         for chunk in plan.chunks:
             ids.extend(chunk.request.all_ids[chunk.start: chunk.end])
         positions: list[int] = []

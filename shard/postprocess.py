@@ -19,7 +19,7 @@ from shard.scheduler import StepPlan
 from shard.types import GeneratedText, Generation, Tokens
 
 if TYPE_CHECKING:
-    from shard.sampling import ChosenTokens
+    from shard.sampling import ChosenTokens, VerifiedTokens
 
 
 class BlockRegistry(Protocol):
@@ -38,9 +38,48 @@ class Postprocessor:
         self.prefix_cache = prefix_cache  # None: prefix caching is off
 
     def apply(self, plan: StepPlan[RequestState], prompt_logprobs: Sequence[list[float]],
-              chosen: ChosenTokens | None) -> list[Generation]:
+              chosen: ChosenTokens | None, verified: Sequence[VerifiedTokens] = ()) -> list[Generation]:
         """Apply a step that ran: `prompt_logprobs` per chunk of the plan (empty for a request that did not
-        ask for them), `chosen` the tokens of plan.emitting in its order (None when nobody emits)."""
+        ask for them), `chosen` the tokens of plan.emitting in its order (None when nobody emits),
+        `verified` the tokens of plan.verifying in its order. The generations come in that order too."""
+        generations = self._apply_chosen(plan, prompt_logprobs, chosen)
+        for chunk, tokens in zip(plan.verifying, verified, strict=True):
+            generations.append(self._apply_verified(chunk.request, chunk.start, tokens))
+        return generations
+
+    def _apply_verified(self, request: RequestState, start: int, verified: VerifiedTokens) -> Generation:
+        """A request that verified drafts: its tokens one at a time, exactly as one step each would emit
+        them, up to where it finishes (a stop sequence, EOS or max_new_tokens may land on any of them).
+
+        The cache then holds its newest token and the drafts accepted before the last emitted token (their
+        keys/values were computed after the right tokens); what rejected drafts wrote lies past the cached
+        length, is never keyed for the prefix cache, and is overwritten by the next step."""
+        generation: Generation | None = None
+        for i, token_id in enumerate(verified.ids):
+            top = verified.top_tokens[i] if request.top_n_tokens else None
+            step = self._emit(request, token_id, verified.logprobs[i], top)
+            if generation is None:
+                generation = step
+            else:
+                tokens, more = generation.tokens, step.tokens
+                tokens.ids += more.ids
+                tokens.logprobs += more.logprobs
+                tokens.texts += more.texts
+                tokens.is_special += more.is_special
+                generation.top_tokens += step.top_tokens
+                generation.generated_text = step.generated_text
+            if request.finish_reason is not None:
+                break
+        assert generation is not None
+        # Positions start .. start + emitted - 1 hold the newest token and the drafts emitted before the last
+        # token: the last emitted token is the new newest, computed at the next step.
+        request.cached_length = start + len(generation.tokens.ids)
+        if self.prefix_cache is not None:
+            self._cache_full_blocks(request, self.prefix_cache)
+        return generation
+
+    def _apply_chosen(self, plan: StepPlan[RequestState], prompt_logprobs: Sequence[list[float]],
+                      chosen: ChosenTokens | None) -> list[Generation]:
         for request in plan.decoding:
             request.cached_length += 1
         for chunk, values in zip(plan.chunks, prompt_logprobs, strict=True):

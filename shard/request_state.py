@@ -1,7 +1,8 @@
 """One request inside the shard: its ids, cache blocks, token chooser, stop rules and text.
 
 Created when the request is admitted; from then on only shard/postprocess.py changes it (the block
-table aside, which admission sets and release clears, and what admission found in the prefix cache).
+table aside, which admission sets and release clears, what admission found in the prefix cache, and the
+n-gram index the drafter keeps up to date).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from tokenizers import Tokenizer
 
 from shard.detokenize import IncrementalDetokenizer
 from shard.sampling import RequestSampler
+from shard.speculation import RequestDrafting
 from shard.stopping import FinishReason, StoppingCriteria, StopSequenceFilter
 from shard.types import Request
 
@@ -46,6 +48,8 @@ class RequestState:
     prefill_logprob_values: list[float] = field(default_factory=list)
     # The request's grammar state (shard/grammar.py); None when its output is free.
     matcher: llguidance.LLMatcher | None = None
+    # Its n-gram index and recent acceptance, for drafting (shard/speculation.py); made at its first step.
+    drafting: RequestDrafting | None = None
 
     @classmethod
     def admit(cls, request: Request, tokenizer: Tokenizer, eos_token_ids: frozenset[int],

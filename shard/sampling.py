@@ -8,6 +8,7 @@ temperature, top-k, top-p, typical-p; then argmax or a draw from the request's o
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -59,15 +60,7 @@ def choose_tokens(
     logprobs are log_softmax of the processed logits, i.e. of the distribution actually used.
     """
     params = [s.params for s in samplers]
-    # float() returns the tensor itself when it is already float32: every step below is out-of-place
-    # so the caller's logits are never modified.
-    scores = logits.float()
-    if any(p.has_penalties for p in params):
-        scores = _apply_penalties(scores, params, histories)
-    if refused is not None:
-        scores = _apply_grammar_masks(scores, *refused)
-    if any(p.has_warpers for p in params):
-        scores = _apply_warpers(scores, params)
+    scores = _processed_scores(logits, params, histories, refused)
     logprobs = torch.log_softmax(scores, dim=-1)
     ids = scores.argmax(dim=-1)
     sampled_rows = [i for i, p in enumerate(params) if p.sampling]
@@ -79,6 +72,121 @@ def choose_tokens(
         logprobs=chosen_logprobs.tolist(),
         top_tokens=_top_tokens(logprobs, top_n_tokens),
     )
+
+
+def _processed_scores(logits: torch.Tensor, params: Sequence[SamplingParameters], histories: Sequence[Sequence[int]],
+                      refused: tuple[list[int], torch.Tensor] | None) -> torch.Tensor:
+    """The logits after penalties, grammar masks and warpers, as float32 (the distribution a row samples)."""
+    # float() returns the tensor itself when it is already float32: every step below is out-of-place
+    # so the caller's logits are never modified.
+    scores = logits.float()
+    if any(p.has_penalties for p in params):
+        scores = _apply_penalties(scores, params, histories)
+    if refused is not None:
+        scores = _apply_grammar_masks(scores, *refused)
+    if any(p.has_warpers for p in params):
+        scores = _apply_warpers(scores, params)
+    return scores
+
+
+@dataclass
+class VerifiedTokens:
+    """One request's tokens from a step that verified its drafts: the accepted drafts, then the model's own."""
+
+    ids: list[int]
+    logprobs: list[float]
+    # Per id (ids, logprobs), best first; empty lists when the request asked for no top tokens.
+    top_tokens: list[tuple[list[int], list[float]]]
+    accepted: int  # how many of the drafts were kept (len(ids) - 1)
+
+
+def verify_drafts(
+    logits: torch.Tensor,
+    samplers: Sequence[RequestSampler],
+    histories: Sequence[Sequence[int]],
+    top_n_tokens: Sequence[int],
+    drafts: Sequence[Sequence[int]],
+) -> list[VerifiedTokens]:
+    """Keep each request's longest run of drafts the model accepts, plus one token of the model's own.
+
+    logits: every request's rows in turn, len(drafts[i]) + 1 of them: row j gives the next token after the
+    request's history and drafts[i][:j]. Each row is processed as choose_tokens would process it at that
+    point (penalties see the drafts before it), so:
+    - a greedy request keeps draft j while it is row j's argmax, then takes the argmax of the first row
+      whose draft differs (or of the last row): exactly the tokens of one-at-a-time greedy decoding;
+    - a sampled request uses the acceptance rule of speculative sampling for a deterministic draft: draft
+      d is kept with probability p(d) under the row's processed distribution p; on a rejection the token
+      is drawn from p without d, renormalised; when every draft is kept, the last row gives one more
+      draw. Each token so produced has distribution p exactly, and every uniform comes from the request's
+      own generator, so a seed gives the same output whatever it is batched with.
+    """
+    row_params: list[SamplingParameters] = []
+    row_histories: list[Sequence[int]] = []
+    for sampler, history, tokens in zip(samplers, histories, drafts, strict=True):
+        for j in range(len(tokens) + 1):
+            row_params.append(sampler.params)
+            row_histories.append(list(history) + list(tokens[:j]) if sampler.params.has_penalties and j else history)
+    scores = _processed_scores(logits, row_params, row_histories, None)
+    best = scores.argmax(dim=-1).tolist()
+    chosen: list[list[int]] = []
+    emitted_rows: list[int] = []
+    row = 0
+    for sampler, tokens in zip(samplers, drafts, strict=True):
+        if sampler.params.sampling:
+            ids = _speculative_sample(scores[row: row + len(tokens) + 1], tokens, sampler)
+        else:
+            kept = 0
+            while kept < len(tokens) and best[row + kept] == tokens[kept]:
+                kept += 1
+            ids = list(tokens[:kept]) + [best[row + kept]]
+        chosen.append(ids)
+        emitted_rows.extend(range(row, row + len(ids)))
+        row += len(tokens) + 1
+    # Logprobs (and top tokens) of the emitted rows only: the rows after a rejection are never read.
+    flat_ids = [token for ids in chosen for token in ids]
+    index = torch.tensor(emitted_rows, dtype=torch.long, device=scores.device)
+    emitted = torch.log_softmax(scores.index_select(0, index), dim=-1)
+    flat_logprobs = emitted.gather(1, torch.tensor(flat_ids, device=scores.device)[:, None]).squeeze(1).tolist()
+    row_top_n = [n for ids, n in zip(chosen, top_n_tokens, strict=True) for _ in ids]
+    flat_top = _top_tokens(emitted, row_top_n)
+    out: list[VerifiedTokens] = []
+    at = 0
+    for ids in chosen:
+        out.append(VerifiedTokens(ids, flat_logprobs[at: at + len(ids)], flat_top[at: at + len(ids)], len(ids) - 1))
+        at += len(ids)
+    return out
+
+
+def _speculative_sample(scores: torch.Tensor, drafts: Sequence[int], sampler: RequestSampler) -> list[int]:
+    """The sampled tokens of one request's verify rows (processed scores [len(drafts) + 1, V]; see
+    verify_drafts). A kept draft costs one probability; only the row that draws reads its whole
+    distribution."""
+    log_totals = torch.logsumexp(scores, dim=-1).tolist()
+    drafted = torch.tensor(list(drafts), dtype=torch.long, device=scores.device)
+    draft_scores = scores[: len(drafts)].gather(1, drafted[:, None]).squeeze(1).tolist() if drafts else []
+    kept: list[int] = []
+    for j, draft in enumerate(drafts):
+        p_draft = math.exp(draft_scores[j] - log_totals[j])
+        if sampler.next_uniform() < p_draft:
+            kept.append(draft)
+            continue
+        residual = (scores[j].double() - log_totals[j]).exp()
+        residual[draft] = 0.0
+        if float(residual.sum()) <= 0.0:  # p(draft) is 1 up to rounding: nothing else can be drawn
+            kept.append(draft)
+            continue
+        return kept + [_draw(residual, sampler.next_uniform())]
+    last = len(drafts)
+    return kept + [_draw((scores[last].double() - log_totals[last]).exp(), sampler.next_uniform())]
+
+
+def _draw(probs: torch.Tensor, uniform: float) -> int:
+    """Inverse CDF over unnormalised probabilities [V] (float64): a token with non-zero probability."""
+    cdf = probs.cumsum(dim=-1)
+    index = int(torch.searchsorted(cdf, cdf[-1:] * uniform, right=True).clamp(max=cdf.shape[-1] - 1))
+    while index > 0 and probs[index] <= 0.0:  # rounding at the very top of the cdf
+        index -= 1
+    return index
 
 
 def prompt_token_logprobs(logits: torch.Tensor, next_ids: Sequence[int]) -> list[float]:

@@ -5,7 +5,8 @@ runner feeds the plan to the model, the postprocess applies it to the requests. 
 request; a plan is worked out from the lengths the requests have before the step.
 
 A step's rows are numbered in one order everywhere: one row per decoding request first (its newest
-token), then every token of each prompt chunk.
+token), then the rows of each decoding request that drafts (its newest token and its drafts, see
+shard/speculation.py), then every token of each prompt chunk.
 """
 
 from __future__ import annotations
@@ -55,15 +56,42 @@ class PromptChunk(Generic[R]):
 
 
 @dataclass(frozen=True)
+class DraftChunk(Generic[R]):
+    """A decoding request's newest token and its `drafts`, fed at positions from `start` (its cached
+    length), with logits at every row: row j scores the token after the newest and drafts[:j], so the
+    step can keep the drafts the model agrees with, plus one token of its own (speculation)."""
+
+    request: R
+    start: int
+    drafts: tuple[int, ...]
+    logits_start: int  # its first row in the step's logits; it has `length` of them
+
+    @property
+    def length(self) -> int:
+        return 1 + len(self.drafts)
+
+    @property
+    def end(self) -> int:
+        return self.start + self.length
+
+
+@dataclass(frozen=True)
 class StepPlan(Generic[R]):
     decoding: list[R] = field(default_factory=list)  # one new token each
     chunks: list[PromptChunk[R]] = field(default_factory=list)
     # Input rows whose logits the model computes, in this order (the logits tensor's rows).
     logits_rows: list[int] = field(default_factory=list)
+    # Decoding requests that verify drafts in this step (rows after the decoding ones, before the chunks).
+    verifying: list[DraftChunk[R]] = field(default_factory=list)
 
     @property
     def num_rows(self) -> int:
-        return len(self.decoding) + sum(chunk.length for chunk in self.chunks)
+        return (len(self.decoding) + sum(v.length for v in self.verifying)
+                + sum(chunk.length for chunk in self.chunks))
+
+    @property
+    def drafted(self) -> int:
+        return sum(len(v.drafts) for v in self.verifying)
 
     @property
     def emitting(self) -> list[tuple[R, int]]:
@@ -74,7 +102,7 @@ class StepPlan(Generic[R]):
         return out
 
     def __bool__(self) -> bool:
-        return bool(self.decoding or self.chunks)
+        return bool(self.decoding or self.chunks or self.verifying)
 
 
 class Scheduler:
@@ -94,14 +122,31 @@ class Scheduler:
     def chunk_budget(self, others_waiting: bool) -> int:
         return self.prefill_chunk_tokens if others_waiting and self.supports_chunking else UNLIMITED
 
-    def schedule(self, requests: Sequence[R], others_waiting: bool = False) -> StepPlan[R]:
+    def schedule(self, requests: Sequence[R], others_waiting: bool = False,
+                 drafts: Sequence[Sequence[int]] | None = None) -> StepPlan[R]:
         """The plan for one step of `requests` (in their order). `others_waiting`: requests outside this
-        step wait for it to end. A prompt left out by the budget waits for a later step."""
-        decoding = [r for r in requests if r.cached_length >= r.input_length]
-        budget = self.chunk_budget(others_waiting or bool(decoding))
+        step wait for it to end. A prompt left out by the budget waits for a later step. `drafts`: per
+        request, the tokens a decoding one verifies after its newest (shard/speculation.py); none if
+        empty or not given."""
+        decoding: list[R] = []
+        drafting: list[tuple[R, tuple[int, ...]]] = []
+        for i, r in enumerate(requests):
+            if r.cached_length < r.input_length:
+                continue
+            if drafts is not None and drafts[i]:
+                drafting.append((r, tuple(drafts[i])))
+            else:
+                decoding.append(r)
+        budget = self.chunk_budget(others_waiting or bool(decoding) or bool(drafting))
         logits_rows = list(range(len(decoding)))
-        chunks: list[PromptChunk[R]] = []
         row = len(decoding)
+        verifying: list[DraftChunk[R]] = []
+        for r, tokens in drafting:
+            chunk = DraftChunk(r, r.cached_length, tokens, len(logits_rows))
+            logits_rows.extend(range(row, row + chunk.length))
+            verifying.append(chunk)
+            row += chunk.length
+        chunks: list[PromptChunk[R]] = []
         for r in requests:
             if r.cached_length >= r.input_length or budget <= 0:
                 continue
@@ -115,4 +160,4 @@ class Scheduler:
             chunks.append(PromptChunk(r, r.cached_length, length, len(logits_rows), len(wanted)))
             logits_rows.extend(wanted)
             row += length
-        return StepPlan(decoding, chunks, logits_rows)
+        return StepPlan(decoding, chunks, logits_rows, verifying)

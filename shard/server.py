@@ -157,7 +157,9 @@ class TextGenerationService(pb_grpc.TextGenerationServiceServicer):
     def _response(cls, result: StepResult, generations: list[pb.Generation], start: int):
         # decode_ns is the wire's name for the time after the forward (sampling, detokenizing, stop checks).
         response = cls(generations=generations, forward_ns=result.forward_ns,
-                       decode_ns=result.sample_and_postprocess_ns, total_ns=time.perf_counter_ns() - start)
+                       decode_ns=result.sample_and_postprocess_ns, total_ns=time.perf_counter_ns() - start,
+                       speculative_draft_tokens=result.draft_tokens,
+                       speculative_accepted_tokens=result.accepted_tokens)
         if result.batch is not None:
             response.batch.CopyFrom(cached_batch_to_pb(result.batch))
         return response
@@ -181,5 +183,15 @@ class TextGenerationService(pb_grpc.TextGenerationServiceServicer):
         fields = {"method": method, "batch_size": size, "step_ms": round(seconds * 1e3, 2),
                   "forward_ms": round(result.forward_ns / 1e6, 2), "weights_gbs": round(bandwidth, 2),
                   "reused_prompt_tokens": reused}
-        log.log(level, "%s batch=%d step=%.1fms forward=%.1fms weights=%.1fGB/s reused=%d", method, size,
-                seconds * 1e3, result.forward_ns / 1e6, bandwidth, reused, extra=fields)
+        if not self.engine.speculate:
+            log.log(level, "%s batch=%d step=%.1fms forward=%.1fms weights=%.1fGB/s reused=%d", method, size,
+                    seconds * 1e3, result.forward_ns / 1e6, bandwidth, reused, extra=fields)
+            return
+        # Speculation: this step's drafts accepted/verified, and the acceptance rate since the start.
+        totals = self.engine.drafter.totals
+        fields.update(draft_tokens=result.draft_tokens, accepted_tokens=result.accepted_tokens,
+                      acceptance_total=round(totals.acceptance, 4))
+        log.log(level, "%s batch=%d step=%.1fms forward=%.1fms weights=%.1fGB/s reused=%d drafts=%d/%d "
+                "acceptance=%.0f%% (%d/%d since start)", method, size, seconds * 1e3, result.forward_ns / 1e6,
+                bandwidth, reused, result.accepted_tokens, result.draft_tokens, totals.acceptance * 100,
+                totals.accepted, totals.drafted, extra=fields)

@@ -80,3 +80,6 @@ class StepResult:
     # Everything after the forward: prompt logprobs, token choice, detokenizing, stop checks. (The
     # proto's field for it is named decode_ns; that name stays on the wire.)
     sample_and_postprocess_ns: int
+    # Speculation (shard/speculation.py): draft tokens verified in this step, and how many were accepted.
+    draft_tokens: int = 0
+    accepted_tokens: int = 0

@@ -12,9 +12,11 @@ ALIGNMENT = 64  # bytes: a cache line, and an AVX-512 vector
 
 
 class Weights:
-    def __init__(self, model_dir: Path, dtype: torch.dtype, device: torch.device) -> None:
+    def __init__(self, model_dir: Path, dtype: torch.dtype, device: torch.device, quantize: str | None = None) -> None:
         self.dtype = dtype
         self.device = device
+        # int8 / int4: the model quantizes its matrices as it loads them (shard/quantization.py)
+        self.quantize = quantize
         self._file_of: dict[str, Path] = {}
         index = model_dir / "model.safetensors.index.json"
         if index.exists():
@@ -57,6 +59,12 @@ class Weights:
     def get_rows(self, name: str, start: int, end: int) -> torch.Tensor:
         """Rows [start, end) of dimension 0, read without loading the rest."""
         return self._finish(self._slice(name)[start:end])
+
+    def row_absmax(self, name: str) -> torch.Tensor:
+        """The largest magnitude of each row of a 2-D weight (all its columns, in float32; not counted as
+        loaded): a row-parallel slice's int8 scales are those of its whole rows."""
+        # through the model's dtype, as the slices themselves are read
+        return self._slice(name)[:].to(device=self.device, dtype=self.dtype).float().abs().amax(dim=1)
 
     def get_cols(self, name: str, start: int, end: int) -> torch.Tensor:
         """Columns [start, end) of dimension 1, read without loading the rest."""

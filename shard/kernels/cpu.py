@@ -1,4 +1,5 @@
-"""Builds cpu_gemv.c, cpu_ops.c and cpu_decode.c for this machine at first use and calls them through ctypes.
+"""Builds cpu_gemv.c (float, int8 and int4 weights), cpu_ops.c and cpu_decode.c for this machine at first use
+and calls them through ctypes.
 
 The library is compiled with the system C compiler (`-O3 -march=native -fopenmp`) into the tgi-py
 cache (TGI_PY_CACHE, default ~/.cache/tgi-py; the temporary directory where that is read-only) under
@@ -80,7 +81,7 @@ class DecodeLayer(ctypes.Structure):
 
     _fields_ = [(name, ctypes.c_void_p) for name in (
         "input_norm", "qkv", "qkv_bias", "o_proj", "o_bias", "post_norm", "gate_up", "gate_up_bias", "down",
-        "down_bias", "k_cache", "v_cache")]
+        "down_bias", "k_cache", "v_cache", "qkv_scales", "o_scales", "gate_up_scales", "down_scales")]
 
 
 class DecodeStep(ctypes.Structure):
@@ -90,7 +91,8 @@ class DecodeStep(ctypes.Structure):
         "batch", "hidden", "num_q", "num_kv", "head_dim", "intermediate", "block_size", "max_blocks", "bf16",
         "threads")] + [
         ("eps", ctypes.c_float), ("scale", ctypes.c_float)] + [(name, ctypes.c_void_p) for name in (
-            "cos", "sin", "slots", "block_tables", "lengths", "h", "qkv", "attn", "gate_up", "act")]
+            "cos", "sin", "slots", "block_tables", "lengths", "h", "qkv", "attn", "gate_up", "act")] + [
+        ("quant", ctypes.c_int)]
 
 
 @dataclass(frozen=True)
@@ -133,6 +135,49 @@ class CpuKernels:
         out = torch.empty((rows, n), dtype=x.dtype)
         function(x.data_ptr(), weight.data_ptr(), bias.data_ptr() if bias is not None else None, out.data_ptr(),
                  rows, n, k)
+        return out
+
+    def linear_q8(self, x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor,
+                  bias: torch.Tensor | None = None) -> torch.Tensor:
+        """x [B, K] @ (scales[:, None] * weight)^T + bias, weight int8 [N, K], scales float32 [N] (cpu_gemv.c);
+        x, bias and the result float32 or bfloat16."""
+        x = x.contiguous()
+        rows, k = x.shape
+        n = weight.shape[0]
+        if weight.dtype != torch.int8 or weight.shape[1] != k or not weight.is_contiguous():
+            raise ValueError(f"x {tuple(x.shape)} does not match a contiguous int8 weight {tuple(weight.shape)}")
+        assert scales.dtype == torch.float32 and scales.shape == (n,) and scales.is_contiguous()
+        _check_bias(x, bias, n)
+        out = torch.empty((rows, n), dtype=x.dtype)
+        self.library.gemv_q8(x.data_ptr(), weight.data_ptr(), scales.data_ptr(),
+                             bias.data_ptr() if bias is not None else None, out.data_ptr(), rows, n, k, _is_bf16(x))
+        return out
+
+    def linear_q4(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """x [B, K] @ W^T + bias, W int4: uint8 [N, ceil(K / 32) * 20], each row its groups' nibbles then their
+        fp16 (scale, min) pairs (GGUF Q4_1's blocks; cpu_gemv.c)."""
+        x = x.contiguous()
+        rows, k = x.shape
+        n = weight.shape[0]
+        if weight.dtype != torch.uint8 or weight.shape[1] != q4_row_bytes(k) or not weight.is_contiguous():
+            raise ValueError(f"x {tuple(x.shape)} does not match contiguous int4 blocks {tuple(weight.shape)}")
+        _check_bias(x, bias, n)
+        out = torch.empty((rows, n), dtype=x.dtype)
+        self.library.gemv_q4(x.data_ptr(), weight.data_ptr(), bias.data_ptr() if bias is not None else None,
+                             out.data_ptr(), rows, n, k, _is_bf16(x))
+        return out
+
+    def dequantize_q8(self, weight: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        out = torch.empty(weight.shape, dtype=dtype)
+        assert weight.dtype == torch.int8 and weight.is_contiguous() and scales.dtype == torch.float32
+        self.library.dequantize_q8(weight.data_ptr(), scales.data_ptr(), out.data_ptr(), weight.shape[0],
+                                   weight.shape[1], _is_bf16(out))
+        return out
+
+    def dequantize_q4(self, weight: torch.Tensor, k: int, dtype: torch.dtype) -> torch.Tensor:
+        assert weight.dtype == torch.uint8 and weight.is_contiguous() and weight.shape[1] == q4_row_bytes(k)
+        out = torch.empty((weight.shape[0], k), dtype=dtype)
+        self.library.dequantize_q4(weight.data_ptr(), out.data_ptr(), weight.shape[0], k, _is_bf16(out))
         return out
 
     def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -198,6 +243,19 @@ class CpuKernels:
         self.library.decode_layers(layers, len(layers), ctypes.byref(step), x.data_ptr(), delta.data_ptr())
 
 
+Q4_GROUP = 32  # weights per int4 block
+Q4_BLOCK_BYTES = 20  # per group: 16 bytes of nibbles, fp16 scale and minimum (GGUF's block_q4_1)
+
+
+def q4_row_bytes(k: int) -> int:
+    return -(-k // Q4_GROUP) * Q4_BLOCK_BYTES
+
+
+def _check_bias(x: torch.Tensor, bias: torch.Tensor | None, n: int) -> None:
+    if bias is not None and (bias.dtype != x.dtype or bias.shape != (n,) or not bias.is_contiguous()):
+        raise TypeError(f"bias {bias.dtype} {tuple(bias.shape)} does not match x {x.dtype} and {n} outputs")
+
+
 def paged_attention_fits(num_q: int, num_kv: int, head_dim: int) -> bool:
     """Whether paged_attention takes these heads: its per-task buffers hold up to 16 queries of 256 dims."""
     return num_q % num_kv == 0 and num_q // num_kv <= 16 and head_dim <= 256
@@ -220,6 +278,10 @@ def _open(path: Path) -> CpuKernels:
     ptr, i32, i64, f32 = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_float
     for name in ("gemv_f32", "gemv_bf16"):
         _declare(library, name, ptr, ptr, ptr, ptr, i32, i32, i32)
+    _declare(library, "gemv_q8", ptr, ptr, ptr, ptr, ptr, i32, i32, i32, i32)
+    _declare(library, "gemv_q4", ptr, ptr, ptr, ptr, i32, i32, i32, i32)
+    _declare(library, "dequantize_q8", ptr, ptr, ptr, i32, i32, i32)
+    _declare(library, "dequantize_q4", ptr, ptr, i32, i32, i32)
     _declare(library, "rms_norm", ptr, ptr, ptr, i32, i32, f32, i32)
     _declare(library, "add_rms_norm", ptr, ptr, ptr, ptr, i32, i32, f32, i32)
     _declare(library, "rotate_and_store", ptr, i32, i32, i32, i32, ptr, ptr, ptr, ptr, ptr, i32)

@@ -70,7 +70,7 @@ INLINE void prefetch_next_block(const void *block_end, int iteration) {
 }
 
 INLINE void f32_block(const float *x, const float *w, const float *bias, float *y, int nb, int rows, int n0,
-                      int N, int K) {
+                      int N, int K, const void *prefetch, const float *scales) {
   f32x16 acc[ROWS][XB];
   for (int r = 0; r < ROWS; r++)
     for (int j = 0; j < XB; j++) acc[r][j] = ZERO_F32();
@@ -78,7 +78,7 @@ INLINE void f32_block(const float *x, const float *w, const float *bias, float *
   for (; k + 16 <= K; k += 16) {
     f32x16 xv[XB];
     for (int j = 0; j < nb; j++) xv[j] = LOAD_F32(x + (int64_t)j * K + k);
-    prefetch_next_block(w + (int64_t)ROWS * K, k / 16);
+    if (prefetch) prefetch_next_block(prefetch, k / 16);
     for (int r = 0; r < rows; r++) {
       f32x16 wv = LOAD_F32(w + (int64_t)r * K + k);
       for (int j = 0; j < nb; j++) acc[r][j] = FMA_F32(wv, xv[j], acc[r][j]);
@@ -95,7 +95,7 @@ INLINE void f32_block(const float *x, const float *w, const float *bias, float *
     for (int j = 0; j < nb; j++) {
       float s = F32_SUM(r, j);
       for (int t = k; t < K; t++) s += x[(int64_t)j * K + t] * w[(int64_t)r * K + t];
-      y[(int64_t)j * N + n0 + r] = s + (bias ? bias[n0 + r] : 0.f);
+      y[(int64_t)j * N + n0 + r] = s * (scales ? scales[n0 + r] : 1.f) + (bias ? bias[n0 + r] : 0.f);
     }
 #undef F32_SUM
 }
@@ -113,10 +113,11 @@ INLINE void f32_block(const float *x, const float *w, const float *bias, float *
       int nb = B - b < XB ? B - b : XB;                                          \
       const T *xb = x + (int64_t)b * K;                                          \
       T *yb = y + (int64_t)b * N;                                                \
-      if (rows == ROWS && nb == XB) BLOCK(xb, wr, bias, yb, XB, ROWS, n0, N, K); \
-      else if (rows == ROWS && nb == 1) BLOCK(xb, wr, bias, yb, 1, ROWS, n0, N, K); \
-      else if (rows == ROWS && nb == 2) BLOCK(xb, wr, bias, yb, 2, ROWS, n0, N, K); \
-      else BLOCK(xb, wr, bias, yb, nb, rows, n0, N, K);                          \
+      const T *next = wr + (int64_t)ROWS * K; /* the next block's lines, fetched while this one multiplies */ \
+      if (rows == ROWS && nb == XB) BLOCK(xb, wr, bias, yb, XB, ROWS, n0, N, K, next, NULL); \
+      else if (rows == ROWS && nb == 1) BLOCK(xb, wr, bias, yb, 1, ROWS, n0, N, K, next, NULL); \
+      else if (rows == ROWS && nb == 2) BLOCK(xb, wr, bias, yb, 2, ROWS, n0, N, K, next, NULL); \
+      else BLOCK(xb, wr, bias, yb, nb, rows, n0, N, K, next, NULL);              \
     }                                                                            \
   }
 
@@ -179,7 +180,7 @@ void gemv_f32(const float *x, const float *w, const float *bias, float *y, int B
 #endif
 
 INLINE void bf16_block(const uint16_t *x, const uint16_t *w, const uint16_t *bias, uint16_t *y, int nb, int rows,
-                       int n0, int N, int K) {
+                       int n0, int N, int K, const void *prefetch, const float *scales) {
   int k = 0;
 #ifdef __AVX512BF16__
   __m512 acc[ROWS][XB];
@@ -188,7 +189,7 @@ INLINE void bf16_block(const uint16_t *x, const uint16_t *w, const uint16_t *bia
   for (; k + BF16_STEP <= K; k += BF16_STEP) {
     __m512bh xv[XB];
     for (int j = 0; j < nb; j++) xv[j] = (__m512bh)_mm512_loadu_si512(x + (int64_t)j * K + k);
-    prefetch_next_block(w + (int64_t)ROWS * K, k / BF16_STEP);
+    if (prefetch) prefetch_next_block(prefetch, k / BF16_STEP);
     for (int r = 0; r < rows; r++) {
       __m512bh wv = (__m512bh)_mm512_loadu_si512(w + (int64_t)r * K + k);
       for (int j = 0; j < nb; j++) acc[r][j] = _mm512_dpbf16_ps(acc[r][j], wv, xv[j]);
@@ -202,7 +203,7 @@ INLINE void bf16_block(const uint16_t *x, const uint16_t *w, const uint16_t *bia
   for (; k + BF16_STEP <= K; k += BF16_STEP) {
     g32x16 xv[XB];
     for (int j = 0; j < nb; j++) xv[j] = load_bf16(x + (int64_t)j * K + k);
-    prefetch_next_block(w + (int64_t)ROWS * K, k / BF16_STEP);
+    if (prefetch) prefetch_next_block(prefetch, k / BF16_STEP);
     for (int r = 0; r < rows; r++) {
       g32x16 wv = load_bf16(w + (int64_t)r * K + k);
       for (int j = 0; j < nb; j++) acc[r][j] += wv * xv[j];
@@ -214,7 +215,8 @@ INLINE void bf16_block(const uint16_t *x, const uint16_t *w, const uint16_t *bia
     for (int j = 0; j < nb; j++) {
       float s = BF16_SUM(r, j);
       for (int t = k; t < K; t++) s += bf16_to_f32(x[(int64_t)j * K + t]) * bf16_to_f32(w[(int64_t)r * K + t]);
-      y[(int64_t)j * N + n0 + r] = f32_to_bf16(s + (bias ? bf16_to_f32(bias[n0 + r]) : 0.f));
+      y[(int64_t)j * N + n0 + r] =
+          f32_to_bf16(s * (scales ? scales[n0 + r] : 1.f) + (bias ? bf16_to_f32(bias[n0 + r]) : 0.f));
     }
 #undef BF16_SUM
 }
@@ -273,6 +275,371 @@ void gemv_bf16_team(const uint16_t *x, const uint16_t *w, const uint16_t *bias, 
 void gemv_bf16(const uint16_t *x, const uint16_t *w, const uint16_t *bias, uint16_t *y, int B, int N, int K) {
 #pragma omp parallel
   gemv_bf16_team(x, w, bias, y, B, N, K);
+}
+
+/* ---- Weight-only quantized weights (shard/quantization.py), dequantized in registers ------------------
+ *
+ * int8: w[N, K] int8 with a float32 scale per row (weight = scale[n] * q). int4: groups of 32 weights of a
+ * row, each with an fp16 scale d and minimum m (weight = d * q + m, q in 0..15): GGUF's block_q4_1, with
+ * a row's G = ceil(K / 32) blocks stored as two runs, first the G x 16 bytes of nibbles (byte i of a
+ * group: weight i in the low nibble, weight i + 16 in the high one), then the G (d, m) pairs. The
+ * scales of a row are then widened 16 at a time before its loop, where one block at a time cost six
+ * operations per group. A partial last group is padded with zeros. Activations, bias and output are
+ * float32 or bf16, as the model's; the arithmetic is float32.
+ *
+ * Up to XB input rows each weight row is dequantized once, in registers, and multiplied into every input
+ * row (float32 FMAs), streaming the rows one after the other as the float kernels do: the step reads
+ * 1/2 (int8) or ~5/16 (int4) of the bf16 bytes. More input rows than that: ROWS weight rows at a time
+ * are dequantized into a small per-thread tile in the model's dtype, which the float block kernels
+ * above then multiply into all input rows (the dequantization is paid once per tile, not per input).
+ */
+#ifdef __F16C__
+#include <immintrin.h>
+#endif
+#include <stdlib.h>
+
+typedef int8_t i8x16 __attribute__((vector_size(16)));
+typedef uint8_t u8x16 __attribute__((vector_size(16)));
+typedef int32_t i32x16 __attribute__((vector_size(64)));
+
+#define Q4_GROUP 32
+#define Q4_BLOCK 20
+#define QCHUNK 16 /* weight rows per chunk of the row kernels: one transposed reduction each */
+
+INLINE float f16_to_f32(const uint8_t *p) {
+  uint16_t h = (uint16_t)(p[0] | (p[1] << 8));
+#ifdef __F16C__
+  return _cvtsh_ss(h);
+#else
+  uint32_t sign = (uint32_t)(h & 0x8000) << 16, exponent = (h >> 10) & 0x1f, mantissa = h & 0x3ff, u;
+  if (exponent == 0) { /* zero or subnormal: mantissa * 2^-24 */
+    float f = (float)mantissa * (1.0f / 16777216.0f);
+    memcpy(&u, &f, 4);
+    u |= sign;
+  } else if (exponent == 31) {
+    u = sign | 0x7f800000u | (mantissa << 13);
+  } else {
+    u = sign | ((exponent + 112) << 23) | (mantissa << 13);
+  }
+  float f;
+  memcpy(&f, &u, 4);
+  return f;
+#endif
+}
+
+#ifdef __AVX512F__
+#define HSUM(v) _mm512_reduce_add_ps((__m512)(v))
+#else
+#define HSUM(v) sum16(v)
+#endif
+
+INLINE float q_load(const void *p, int64_t i, int bf16) {
+  return bf16 ? bf16_to_f32(((const uint16_t *)p)[i]) : ((const float *)p)[i];
+}
+INLINE void q_store(void *p, int64_t i, float v, int bf16) {
+  if (bf16) ((uint16_t *)p)[i] = f32_to_bf16(v);
+  else ((float *)p)[i] = v;
+}
+
+/* Per-thread scratch (0: the input rows as float32, 1: a dequantized tile), grown as needed, kept. */
+static __thread char *scratch_buffer[2];
+static __thread size_t scratch_bytes[2];
+static void *scratch(int which, size_t bytes) {
+  if (bytes > scratch_bytes[which]) {
+    free(scratch_buffer[which]);
+    size_t size = (bytes + 4095) & ~(size_t)4095;
+    scratch_buffer[which] = aligned_alloc(64, size);
+    scratch_bytes[which] = scratch_buffer[which] ? size : 0;
+  }
+  return scratch_buffer[which];
+}
+
+/* The input rows as float32: x itself, or (bf16) this thread's widened copy. */
+static const float *rows_as_f32(const void *x, int64_t count, int bf16) {
+  if (!bf16) return (const float *)x;
+  float *out = scratch(0, (size_t)count * sizeof(float));
+  const uint16_t *h = (const uint16_t *)x;
+  for (int64_t i = 0; i < count; i++) out[i] = bf16_to_f32(h[i]);
+  return out;
+}
+
+/* 16 int8 weights widened to float32. (GCC 12 turns __builtin_convertvector from 8-bit lanes into 16
+ * scalar conversions: the AVX-512 build says what it means.) */
+INLINE g32x16 load_i8(const int8_t *p) {
+#ifdef __AVX512F__
+  return (g32x16)_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)p)));
+#else
+  i8x16 v;
+  memcpy(&v, p, sizeof v);
+  return __builtin_convertvector(v, g32x16);
+#endif
+}
+
+/* A group's 32 weights from its 16 bytes of nibbles: lo = weights 0-15, hi = 16-31, each d * q + m (one
+ * rounding). With AVX-512 the group's 16 possible values are computed once (one FMA) and each nibble picks
+ * its own (a permute, which reads only the low 4 bits of its index). */
+INLINE void q4_dequant(const uint8_t *nibbles, float d, float m, g32x16 *lo, g32x16 *hi) {
+#ifdef __AVX512F__
+  const __m512 levels = _mm512_setr_ps(0.f, 1.f, 2.f, 3.f, 4.f, 5.f, 6.f, 7.f, 8.f, 9.f, 10.f, 11.f, 12.f, 13.f,
+                                       14.f, 15.f);
+  __m512i q = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)nibbles));
+  __m512 table = _mm512_fmadd_ps(levels, _mm512_set1_ps(d), _mm512_set1_ps(m));
+  *lo = (g32x16)_mm512_permutexvar_ps(q, table);
+  *hi = (g32x16)_mm512_permutexvar_ps(_mm512_srli_epi32(q, 4), table);
+#else
+  u8x16 b;
+  memcpy(&b, nibbles, sizeof b);
+  i32x16 q = __builtin_convertvector(b, i32x16);
+  *lo = __builtin_convertvector(q & 15, g32x16) * d + m;
+  *hi = __builtin_convertvector(q >> 4, g32x16) * d + m;
+#endif
+}
+
+/* A row's G (d, m) pairs as float32: dm[2g] = d, dm[2g + 1] = m. */
+INLINE void q4_scales(const uint8_t *row, int G, float *dm) {
+  const uint8_t *h = row + (int64_t)G * 16;
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+  for (int i = 0; i < 2 * G; i += 16) { /* the last 16 masked: no scalar conversions, no read past the row */
+    __mmask16 keep = 2 * G - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (2 * G - i)) - 1);
+    _mm512_mask_storeu_ps(dm + i, keep, _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(keep, h + 2 * i)));
+  }
+#else
+  for (int i = 0; i < 2 * G; i++) dm[i] = f16_to_f32(h + 2 * i);
+#endif
+}
+
+/* Weight t of an int4 row of K (for the tail of a K that is not a multiple of 32). */
+INLINE float q4_at(const uint8_t *row, int K, int t) {
+  int G = (K + Q4_GROUP - 1) / Q4_GROUP, g = t / Q4_GROUP, i = t % Q4_GROUP;
+  uint8_t b = row[(int64_t)g * 16 + (i & 15)];
+  const uint8_t *dm = row + (int64_t)G * 16 + 4 * g;
+  return (float)(i < 16 ? b & 15 : b >> 4) * f16_to_f32(dm) + f16_to_f32(dm + 2);
+}
+
+INLINE int64_t q4_row_bytes(int K) { return (int64_t)((K + Q4_GROUP - 1) / Q4_GROUP) * Q4_BLOCK; }
+
+/* Four accumulators per input row: with two, each FMA waited for the previous one on its chain (4
+ * cycles) and a row of int8 or int4 weights took as long as its bf16 row, whatever the bytes. */
+/* The row kernels leave, for each input row j, the row's dot product as a vector of 16 partial sums
+ * (part[j][r]) and a scalar for a K not a multiple of the vector step (tail[j][r]): QROWS_CHUNKED sums 16
+ * rows' vectors at once (sum16x16), where a horizontal sum per row was ~10 of the ~70 operations that a
+ * row costs besides its groups. Four accumulators per input row: with two, each FMA waited for the
+ * previous one on its chain. */
+INLINE void q8_row(const float *x, const int8_t *w, int nb, int K, g32x16 part[XB][QCHUNK],
+                   float tail[XB][QCHUNK], int r) {
+  g32x16 acc[XB][4];
+  for (int j = 0; j < nb; j++) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = (g32x16){0};
+  int k = 0;
+  for (; k + 64 <= K; k += 64) {
+    g32x16 w0 = load_i8(w + k), w1 = load_i8(w + k + 16), w2 = load_i8(w + k + 32), w3 = load_i8(w + k + 48);
+    for (int j = 0; j < nb; j++) {
+      const float *xj = x + (int64_t)j * K + k;
+      acc[j][0] += w0 * load_f32(xj);
+      acc[j][1] += w1 * load_f32(xj + 16);
+      acc[j][2] += w2 * load_f32(xj + 32);
+      acc[j][3] += w3 * load_f32(xj + 48);
+    }
+  }
+  for (; k + 16 <= K; k += 16) {
+    g32x16 w0 = load_i8(w + k);
+    for (int j = 0; j < nb; j++) acc[j][0] += w0 * load_f32(x + (int64_t)j * K + k);
+  }
+  for (int j = 0; j < nb; j++) {
+    float s = 0.f;
+    for (int t = k; t < K; t++) s += x[(int64_t)j * K + t] * (float)w[t];
+    part[j][r] = (acc[j][0] + acc[j][1]) + (acc[j][2] + acc[j][3]);
+    tail[j][r] = s;
+  }
+}
+
+INLINE void q4_row(const float *x, const uint8_t *w, int nb, int K, g32x16 part[XB][QCHUNK], float tail[XB][QCHUNK],
+                   int r) {
+  int G = (K + Q4_GROUP - 1) / Q4_GROUP;
+  float dm[2 * G];
+  q4_scales(w, G, dm);
+  g32x16 acc[XB][4];
+  for (int j = 0; j < nb; j++) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = (g32x16){0};
+  int k = 0, g = 0;
+  for (; k + 2 * Q4_GROUP <= K; k += 2 * Q4_GROUP, g += 2) {
+    g32x16 lo0, hi0, lo1, hi1;
+    q4_dequant(w + (int64_t)g * 16, dm[2 * g], dm[2 * g + 1], &lo0, &hi0);
+    q4_dequant(w + (int64_t)g * 16 + 16, dm[2 * g + 2], dm[2 * g + 3], &lo1, &hi1);
+    for (int j = 0; j < nb; j++) {
+      const float *xj = x + (int64_t)j * K + k;
+      acc[j][0] += lo0 * load_f32(xj);
+      acc[j][1] += hi0 * load_f32(xj + 16);
+      acc[j][2] += lo1 * load_f32(xj + 32);
+      acc[j][3] += hi1 * load_f32(xj + 48);
+    }
+  }
+  for (; k + Q4_GROUP <= K; k += Q4_GROUP, g++) {
+    g32x16 lo, hi;
+    q4_dequant(w + (int64_t)g * 16, dm[2 * g], dm[2 * g + 1], &lo, &hi);
+    for (int j = 0; j < nb; j++) {
+      acc[j][0] += lo * load_f32(x + (int64_t)j * K + k);
+      acc[j][1] += hi * load_f32(x + (int64_t)j * K + k + 16);
+    }
+  }
+  for (int j = 0; j < nb; j++) {
+    float s = 0.f;
+    for (int t = k; t < K; t++) s += x[(int64_t)j * K + t] * q4_at(w, K, t);
+    part[j][r] = (acc[j][0] + acc[j][1]) + (acc[j][2] + acc[j][3]);
+    tail[j][r] = s;
+  }
+}
+
+/* y[j, c0 + r] = (sum of part[j][r] + tail[j][r]) * scale + bias for the chunk's rows. */
+static void finish_chunk(g32x16 part[XB][QCHUNK], float tail[XB][QCHUNK], int rows, int c0, int B, int N,
+                         const float *scales, const void *bias, void *y, int bf16) {
+  for (int j = 0; j < B; j++) {
+    float sums[QCHUNK];
+#ifdef __AVX512F__
+    for (int r = rows; r < QCHUNK; r++) part[j][r] = (g32x16){0};
+    _mm512_storeu_ps(sums, sum16x16((const __m512 *)part[j]));
+#else
+    for (int r = 0; r < rows; r++) sums[r] = HSUM(part[j][r]);
+#endif
+    for (int r = 0; r < rows; r++) {
+      int n = c0 + r;
+      float v = (sums[r] + tail[j][r]) * (scales ? scales[n] : 1.f) + (bias ? q_load(bias, n, bf16) : 0.f);
+      q_store(y, (int64_t)j * N + n, v, bf16);
+    }
+  }
+}
+
+INLINE void store16(void *tile, int64_t i, g32x16 v, int bf16) {
+  if (!bf16) {
+    memcpy((float *)tile + i, &v, sizeof v);
+    return;
+  }
+#ifdef __AVX512BF16__
+  _mm256_storeu_si256((__m256i *)((uint16_t *)tile + i), (__m256i)_mm512_cvtneps_pbh((__m512)v));
+#else
+  for (int l = 0; l < 16; l++) ((uint16_t *)tile)[i + l] = f32_to_bf16(v[l]);
+#endif
+}
+
+/* Rows n0 .. n0 + rows of the weight, dequantized into tile [rows, K] (float32 or bf16). scales NULL: the
+ * integers themselves (exact in bf16 too), for a block kernel that applies each row's scale to its sums. */
+static void q8_tile(const int8_t *w, const float *scales, int n0, int rows, int K, void *tile, int bf16) {
+  for (int r = 0; r < rows; r++) {
+    const int8_t *wr = w + (int64_t)(n0 + r) * K;
+    float s = scales ? scales[n0 + r] : 1.f;
+    int64_t base = (int64_t)r * K;
+    int k = 0;
+    if (scales)
+      for (; k + 16 <= K; k += 16) store16(tile, base + k, load_i8(wr + k) * s, bf16);
+    else
+      for (; k + 16 <= K; k += 16) store16(tile, base + k, load_i8(wr + k), bf16);
+    for (; k < K; k++) q_store(tile, base + k, (float)wr[k] * s, bf16);
+  }
+}
+static void q4_tile(const uint8_t *w, int n0, int rows, int K, void *tile, int bf16) {
+  int64_t stride = q4_row_bytes(K);
+  int G = (K + Q4_GROUP - 1) / Q4_GROUP;
+  float dm[2 * G];
+  for (int r = 0; r < rows; r++) {
+    const uint8_t *wr = w + (int64_t)(n0 + r) * stride;
+    q4_scales(wr, G, dm);
+    int64_t base = (int64_t)r * K;
+    int k = 0, g = 0;
+    for (; k + Q4_GROUP <= K; k += Q4_GROUP, g++) {
+      g32x16 lo, hi;
+      q4_dequant(wr + (int64_t)g * 16, dm[2 * g], dm[2 * g + 1], &lo, &hi);
+      store16(tile, base + k, lo, bf16);
+      store16(tile, base + k + 16, hi, bf16);
+    }
+    for (; k < K; k++) q_store(tile, base + k, q4_at(wr, K, k), bf16);
+  }
+}
+
+/* ROWS weight rows at a time: dequantize them into this thread's tile, then the float block kernel
+ * multiplies the tile into every input row, XB at a time. */
+#define QTILE_BLOCKS(T, BLOCK, DEQUANT, NEXT, SCALES)                                                 \
+  _Pragma("omp for schedule(static)")                                                   \
+  for (int n0 = 0; n0 < N; n0 += ROWS) {                                                \
+    int rows = N - n0 < ROWS ? N - n0 : ROWS;                                           \
+    T *tile = scratch(1, (size_t)ROWS * K * sizeof(T));                                 \
+    DEQUANT;                                                                            \
+    const T *tb = (const T *)bias;                                                      \
+    for (int b = 0; b < B; b += XB) {                                                   \
+      int nb = B - b < XB ? B - b : XB;                                                 \
+      const T *xb = (const T *)x + (int64_t)b * K;                                      \
+      T *yb = (T *)y + (int64_t)b * N;                                                  \
+      const void *next = b == 0 ? NEXT : NULL; /* the next tile's quantized rows, once */ \
+      if (rows == ROWS && nb == XB) BLOCK(xb, tile, tb, yb, XB, ROWS, n0, N, K, next, SCALES); \
+      else if (rows == ROWS && nb == 1) BLOCK(xb, tile, tb, yb, 1, ROWS, n0, N, K, next, SCALES); \
+      else if (rows == ROWS && nb == 2) BLOCK(xb, tile, tb, yb, 2, ROWS, n0, N, K, next, SCALES); \
+      else BLOCK(xb, tile, tb, yb, nb, rows, n0, N, K, next, SCALES);                   \
+    }                                                                                   \
+  }
+
+/* Up to XB input rows: each thread streams its contiguous share of weight rows (GEMV_ROWS above), in
+ * chunks of QCHUNK rows. */
+#define QROWS_CHUNKED(CALL, SCALES)                                        \
+  _Pragma("omp for schedule(static)")                                       \
+  for (int c0 = 0; c0 < N; c0 += QCHUNK) {                                  \
+    int rows = N - c0 < QCHUNK ? N - c0 : QCHUNK;                           \
+    g32x16 part[XB][QCHUNK];                                                \
+    float tail[XB][QCHUNK];                                                 \
+    for (int r = 0; r < rows; r++) {                                        \
+      int n = c0 + r;                                                       \
+      if (B == 1) CALL(1);                                                  \
+      else if (B == 2) CALL(2);                                             \
+      else if (B == 3) CALL(3);                                             \
+      else CALL(4);                                                         \
+    }                                                                       \
+    finish_chunk(part, tail, rows, c0, B, N, SCALES, bias, y, bf16);        \
+  }
+
+void gemv_q8_team(const void *x, const int8_t *w, const float *scales, const void *bias, void *y, int B, int N,
+                  int K, int bf16) {
+  if (B <= 0) return; /* no rows (a prompt chunk that wants no logits): every thread returns, no barrier */
+  if (B <= XB) {
+    const float *xf = rows_as_f32(x, (int64_t)B * K, bf16);
+#define Q8_CALL(NB) q8_row(xf, w + (int64_t)n * K, NB, K, part, tail, r)
+    QROWS_CHUNKED(Q8_CALL, scales)
+#undef Q8_CALL
+  } else if (bf16) {
+    QTILE_BLOCKS(uint16_t, bf16_block, q8_tile(w, NULL, n0, rows, K, tile, 1), w + (int64_t)(n0 + ROWS) * K, scales)
+  } else {
+    QTILE_BLOCKS(float, f32_block, q8_tile(w, NULL, n0, rows, K, tile, 0), w + (int64_t)(n0 + ROWS) * K, scales)
+  }
+}
+void gemv_q8(const void *x, const int8_t *w, const float *scales, const void *bias, void *y, int B, int N, int K,
+             int bf16) {
+#pragma omp parallel
+  gemv_q8_team(x, w, scales, bias, y, B, N, K, bf16);
+}
+
+void gemv_q4_team(const void *x, const uint8_t *w, const void *bias, void *y, int B, int N, int K, int bf16) {
+  if (B <= 0) return;
+  int64_t stride = q4_row_bytes(K);
+  if (B <= XB) {
+    const float *xf = rows_as_f32(x, (int64_t)B * K, bf16);
+#define Q4_CALL(NB) q4_row(xf, w + (int64_t)n * stride, NB, K, part, tail, r)
+    QROWS_CHUNKED(Q4_CALL, NULL)
+#undef Q4_CALL
+  } else if (bf16) {
+    QTILE_BLOCKS(uint16_t, bf16_block, q4_tile(w, n0, rows, K, tile, 1), w + (n0 + ROWS) * stride, NULL)
+  } else {
+    QTILE_BLOCKS(float, f32_block, q4_tile(w, n0, rows, K, tile, 0), w + (n0 + ROWS) * stride, NULL)
+  }
+}
+void gemv_q4(const void *x, const uint8_t *w, const void *bias, void *y, int B, int N, int K, int bf16) {
+#pragma omp parallel
+  gemv_q4_team(x, w, bias, y, B, N, K, bf16);
+}
+
+/* Dequantizes a whole int4 or int8 matrix into out [N, K] (float32 or bf16): the weight that torch's
+ * matmul takes for prompt chunks too large for the kernels above. */
+void dequantize_q8(const int8_t *w, const float *scales, void *out, int N, int K, int bf16) {
+#pragma omp parallel for schedule(static)
+  for (int n = 0; n < N; n++) q8_tile(w, scales, n, 1, K, (char *)out + (int64_t)n * K * (bf16 ? 2 : 4), bf16);
+}
+void dequantize_q4(const uint8_t *w, void *out, int N, int K, int bf16) {
+#pragma omp parallel for schedule(static)
+  for (int n = 0; n < N; n++) q4_tile(w, n, 1, K, (char *)out + (int64_t)n * K * (bf16 ? 2 : 4), bf16);
 }
 
 /* Which paths this build has, for logs and tests: bit 0 AVX-512F, bit 1 AVX512-BF16, bit 2 AVX2. */

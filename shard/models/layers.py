@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from shard.distributed import Distributed
 from shard.kernels import cpu as cpu_kernels
+from shard.quantization import QuantizedLinear
 
 
 class Linear:
@@ -29,6 +30,14 @@ class Linear:
             assert self.kernels is not None
             return self.kernels.linear(x, self.weight, self.bias)
         return F.linear(x, self.weight, self.bias)
+
+
+def linear(weight: torch.Tensor, bias: torch.Tensor | None = None, quantize: str | None = None,
+           row_absmax: torch.Tensor | None = None) -> Linear | QuantizedLinear:
+    """A Linear, or with `quantize` (int8, int4) a QuantizedLinear of the same weight (shard/quantization.py)."""
+    if quantize is None:
+        return Linear(weight, bias)
+    return QuantizedLinear(weight, bias, quantize, row_absmax)
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -100,8 +109,9 @@ class VocabParallelHead:
     embedding) so that all-gather sees the same shape on every rank.
     """
 
-    def __init__(self, weight: torch.Tensor, padded_rows: int, vocab_size: int, dist: Distributed) -> None:
-        self.linear = Linear(weight)
+    def __init__(self, weight: torch.Tensor, padded_rows: int, vocab_size: int, dist: Distributed,
+                 quantize: str | None = None) -> None:
+        self.linear = linear(weight, quantize=quantize)
         self.padding = padded_rows - weight.shape[0]
         self.vocab_size = vocab_size
         self.dist = dist

@@ -9,7 +9,8 @@ and the step has few enough rows for the GEMV kernels (larger steps go through t
 layer).
 
 It knows the layers only as their tensors (DecoderLayer.decode_weights) and their sizes, so it does not
-import the model code that builds it.
+import the model code that builds it. With --quantize the matrices are int8 or int4 (shard/quantization.py)
+and the same step runs the quantized GEMV kernels.
 """
 
 from __future__ import annotations
@@ -28,6 +29,10 @@ from shard.thread_governor import ThreadGovernor
 if TYPE_CHECKING:
     from shard.kv_cache import KVCache
     from shard.models.attention import AttentionInputs
+
+
+# The matrices' weights, as cpu_decode.c's decode_step.quant reads them (int8 and int4: shard/quantization.py).
+QUANT_CODES = {None: 0, "int8": 8, "int4": 4}
 
 
 @dataclass(frozen=True)
@@ -51,7 +56,7 @@ def _pointer(tensor: torch.Tensor | None) -> int | None:
 
 class LayersInOneCall:
     def __init__(self, kernels: cpu_kernels.CpuKernels, layer_weights: list[Mapping[str, torch.Tensor | None]],
-                 shape: LayerShape, dtype: torch.dtype) -> None:
+                 shape: LayerShape, dtype: torch.dtype, quantize: str | None = None) -> None:
         self.kernels = kernels
         # Each layer's tensors named as the fields of the C layer struct (DecoderLayer.decode_weights).
         self.layer_weights = layer_weights
@@ -59,7 +64,7 @@ class LayersInOneCall:
         self.dtype = dtype
         self.dims = dict(hidden=shape.hidden, num_q=shape.num_q, num_kv=shape.num_kv, head_dim=shape.head_dim,
                          intermediate=shape.intermediate, bf16=int(dtype == torch.bfloat16), eps=shape.eps,
-                         scale=shape.head_dim ** -0.5)
+                         scale=shape.head_dim ** -0.5, quant=QUANT_CODES[quantize])
         # Created at the first step: the thread budget is set on the engine thread after loading.
         self.governor: ThreadGovernor | None = None
         self._layer_array: ctypes.Array | None = None

@@ -17,9 +17,10 @@ from shard.kv_cache import KVCache
 from shard.models import weight_arena
 from shard.models.attention import AttentionInputs
 from shard.models.config import ModelConfig
-from shard.models.layers import Linear, Rotary, VocabParallelEmbedding, VocabParallelHead
+from shard.models.layers import Linear, Rotary, VocabParallelEmbedding, VocabParallelHead, linear
 from shard.models.layers_in_one_call import LayerShape, LayersInOneCall
 from shard.models.ops import KernelOps, LayerOps, ops_for
+from shard.quantization import HEAD_QUANTIZATION, QuantizedLinear, check_row_parallel_split
 from shard.weights import Weights
 
 
@@ -78,9 +79,9 @@ class DecoderLayer:
                 weights.get_rows(f"{attn}.k_proj.bias", *kv_rows),
                 weights.get_rows(f"{attn}.v_proj.bias", *kv_rows),
             ])
-        self.qkv = Linear(qkv, qkv_bias)
-        self.o_proj = Linear(weights.get_cols(f"{attn}.o_proj.weight", *q_rows),
-                             self._rank0_bias(weights, f"{attn}.o_proj.bias"))
+        self.quantize = getattr(weights, "quantize", None)
+        self.qkv = self._linear(weights, qkv, qkv_bias)
+        self.o_proj = self._row_parallel(weights, f"{attn}.o_proj", q_rows, config.num_heads * hd)
         mlp = f"{prefix}.mlp"
         gate_up = torch.cat([
             weights.get_rows(f"{mlp}.gate_proj.weight", *part.mlp),
@@ -92,19 +93,37 @@ class DecoderLayer:
                 weights.get_rows(f"{mlp}.gate_proj.bias", *part.mlp),
                 weights.get_rows(f"{mlp}.up_proj.bias", *part.mlp),
             ])
-        self.gate_up = Linear(gate_up, gate_up_bias)
-        self.down = Linear(weights.get_cols(f"{mlp}.down_proj.weight", *part.mlp),
-                           self._rank0_bias(weights, f"{mlp}.down_proj.bias"))
+        self.gate_up = self._linear(weights, gate_up, gate_up_bias)
+        self.down = self._row_parallel(weights, f"{mlp}.down_proj", part.mlp, config.intermediate_size)
         self.input_norm = weights.get(f"{prefix}.input_layernorm.weight")
         self.post_norm = weights.get(f"{prefix}.post_attention_layernorm.weight")
 
+    def _linear(self, weights: Weights, weight: torch.Tensor, bias: torch.Tensor | None,
+                row_absmax: torch.Tensor | None = None) -> Linear | QuantizedLinear:
+        layer = linear(weight, bias, self.quantize, row_absmax)
+        if isinstance(layer, QuantizedLinear):  # what stays resident: the quantized matrix, not the float one
+            weights.bytes_loaded += layer.nbytes - weight.numel() * weight.element_size()
+        return layer
+
+    def _row_parallel(self, weights: Weights, name: str, columns: tuple[int, int],
+                      total: int) -> Linear | QuantizedLinear:
+        """A matrix split along its input dimension: this rank's columns, the bias on rank 0 only."""
+        check_row_parallel_split(self.quantize, f"{name}.weight", *columns, total, self.dist.rank,
+                                 self.dist.world_size)
+        row_absmax = None
+        if self.quantize == "int8" and self.dist.world_size > 1:
+            row_absmax = weights.row_absmax(f"{name}.weight")  # the whole rows' scales on every rank
+        return self._linear(weights, weights.get_cols(f"{name}.weight", *columns),
+                            self._rank0_bias(weights, f"{name}.bias"), row_absmax)
+
     def decode_weights(self) -> dict[str, torch.Tensor | None]:
         """The layer's tensors in the order a decode step reads them, named as the fields of the one-call
-        step's layer struct (cpu_decode.c)."""
-        return {"input_norm": self.input_norm, "qkv": self.qkv.weight, "qkv_bias": self.qkv.bias,
-                "o_proj": self.o_proj.weight, "o_bias": self.o_proj.bias, "post_norm": self.post_norm,
-                "gate_up": self.gate_up.weight, "gate_up_bias": self.gate_up.bias, "down": self.down.weight,
-                "down_bias": self.down.bias}
+        step's layer struct (cpu_decode.c); *_scales are the int8 matrices' row scales (else None)."""
+        return {"input_norm": self.input_norm, "qkv": self.qkv.weight, "qkv_scales": _scales(self.qkv),
+                "qkv_bias": self.qkv.bias, "o_proj": self.o_proj.weight, "o_scales": _scales(self.o_proj),
+                "o_bias": self.o_proj.bias, "post_norm": self.post_norm, "gate_up": self.gate_up.weight,
+                "gate_up_scales": _scales(self.gate_up), "gate_up_bias": self.gate_up.bias,
+                "down": self.down.weight, "down_scales": _scales(self.down), "down_bias": self.down.bias}
 
     def _rank0_bias(self, weights: Weights, name: str) -> torch.Tensor | None:
         # A row-parallel bias is added once, before the all-reduce sums the ranks.
@@ -145,6 +164,10 @@ class DecoderLayer:
         return outs[0] if len(outs) == 1 else torch.cat(outs)
 
 
+def _scales(layer: Linear | QuantizedLinear) -> torch.Tensor | None:
+    return getattr(layer, "scales", None)
+
+
 class LlamaModel:
     def __init__(self, config: ModelConfig, weights: Weights, dist: Distributed) -> None:
         self.config = config
@@ -159,18 +182,21 @@ class LlamaModel:
             DecoderLayer(f"model.layers.{i}", config, part, weights, dist, self.ops) for i in range(config.num_layers)
         ]
         self.norm = weights.get("model.norm.weight")
-        if config.tie_word_embeddings or not weights.has("lm_head.weight"):
-            head = embed
-        else:
-            head = weights.get_rows("lm_head.weight", *part.vocab)
-        self.lm_head = VocabParallelHead(head, part.vocab_rows_padded, config.vocab_size, dist)
+        self.quantize = quantize = getattr(weights, "quantize", None)
+        tied = config.tie_word_embeddings or not weights.has("lm_head.weight")
+        head = embed if tied else weights.get_rows("lm_head.weight", *part.vocab)
+        self.lm_head = VocabParallelHead(head, part.vocab_rows_padded, config.vocab_size, dist,
+                                         HEAD_QUANTIZATION.get(quantize) if quantize else None)
+        if isinstance(self.lm_head.linear, QuantizedLinear):
+            # a tied head is a quantized copy beside the embedding, which stays float for its row lookups
+            weights.bytes_loaded += self.lm_head.linear.nbytes - (0 if tied else head.numel() * head.element_size())
         self.rotary = Rotary(config.head_dim, config.rope_theta, config.rope_scaling, self.device)
         # A CPU decode step streams all of these: one buffer, in the order it reads them, reads faster.
         self.weight_arena: torch.Tensor | None = None
         if self.device.type == "cpu":
             self.weight_arena = weight_arena.pack(
                 [t for layer in self.layers for t in layer.decode_weights().values()]
-                + [self.norm, self.lm_head.linear.weight])
+                + [self.norm, self.lm_head.linear.weight, _scales(self.lm_head.linear)])
         # Steps of one rank with few rows run all layers in one C call; None: layer by layer (also
         # settable, for comparisons).
         self.one_call_layers: LayersInOneCall | None = None
@@ -179,7 +205,7 @@ class LlamaModel:
                            intermediate=first.gate_up.weight.shape[0] // 2, eps=config.rms_norm_eps)
         if isinstance(self.ops, KernelOps) and dist.world_size == 1 and LayersInOneCall.fits(shape, self.dtype):
             self.one_call_layers = LayersInOneCall(self.ops.kernels, [layer.decode_weights() for layer in self.layers],
-                                                   shape, self.dtype)
+                                                   shape, self.dtype, quantize)
 
     @property
     def local_kv_heads(self) -> int:

@@ -28,10 +28,28 @@ def test_engine_step_prints_each_path_and_batch_with_consistent_numbers(model_di
     lines = out.splitlines()
     assert lines[0].startswith("memory read bandwidth: ") and "over 64 MiB" in lines[0]
     rows = [line.split() for line in lines[2:]]
-    assert [(r[0], r[1], r[2]) for r in rows] == [
-        (dtype, path, batch) for dtype in ("float32", "bfloat16") for path in ("fused", "layers", "torch")
+    assert [(r[0], r[1], r[2], r[3]) for r in rows] == [
+        (dtype, "none", path, batch) for dtype in ("float32", "bfloat16") for path in ("fused", "layers", "torch")
         for batch in ("1", "3")]
-    for _, _, batch, ms, tok_s, weight_gbs, membw_gbs, share in rows:
+    check_numbers(rows)
+
+
+def test_engine_step_runs_the_quantized_weights(model_dir: Path) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.engine_step", "--model-dir", str(model_dir), "--batch", "1,3",
+         "--dtype", "bfloat16", "--quantize", "none,int8,int4", "--steps", "3", "--prompt-tokens", "8",
+         "--membw-mb", "64"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, check=True,
+    ).stdout
+    rows = [line.split() for line in out.splitlines()[2:]]
+    assert [(r[1], r[3]) for r in rows] == [(q, b) for q in ("none", "int8", "int4") for b in ("1", "3")]
+    step_mb = {r[1]: float(r[6]) for r in rows}
+    assert step_mb["int4"] < step_mb["int8"] < step_mb["none"]
+    check_numbers(rows)
+
+
+def check_numbers(rows: list[list[str]]) -> None:
+    for _, _, _, batch, ms, tok_s, _, weight_gbs, membw_gbs, share in rows:
         assert float(ms) > 0 and float(weight_gbs) > 0 and float(membw_gbs) > 0 and share.endswith("%")
         # the share is the weights' bandwidth over the reading printed next to it, up to the printed rounding
         # (weight GB/s has 3 decimals: a tiny model's weights on a loaded machine are well under 0.1 GB/s)

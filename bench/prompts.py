@@ -89,15 +89,19 @@ class Prompt:
     approx_tokens: int
 
 
+def _check_sizes(count: int, target_tokens: int) -> None:
+    if count <= 0:
+        raise ValueError("count must be positive")
+    if target_tokens <= 0:
+        raise ValueError("target_tokens must be positive")
+
+
 def make_prompts(count: int, target_tokens: int, seed: int = 0) -> list[Prompt]:
     """`count` prompts whose estimated lengths vary uniformly in [0.5, 1.5] x target_tokens.
 
     The same (count, target_tokens, seed) always gives the same prompts.
     """
-    if count <= 0:
-        raise ValueError("count must be positive")
-    if target_tokens <= 0:
-        raise ValueError("target_tokens must be positive")
+    _check_sizes(count, target_tokens)
     rng = random.Random(seed)
     prompts = []
     for i in range(count):
@@ -150,10 +154,7 @@ def make_grounded_prompts(count: int, target_tokens: int, seed: int = 0) -> list
     words, the case n-gram speculation (--speculate) is for."""
     from bench.passages import PASSAGES, TASKS
 
-    if count <= 0:
-        raise ValueError("count must be positive")
-    if target_tokens <= 0:
-        raise ValueError("target_tokens must be positive")
+    _check_sizes(count, target_tokens)
     rng = random.Random(seed)
     prompts = []
     for i in range(count):

@@ -18,14 +18,7 @@ from shard.models.llama import LlamaModel
 from shard.quantization import QuantizedLinear
 from shard.weights import Weights
 from tests.model_factory import build_llama
-from tests.shard.test_layers_in_one_call import generate
-
-
-@pytest.fixture(autouse=True)
-def fresh_kernel_choice():
-    cpu.load.cache_clear()
-    yield
-    cpu.load.cache_clear()
+from tests.shard.test_layers_in_one_call import fresh_kernel_choice, generate  # noqa: F401 (autouse fixture)
 
 
 @pytest.fixture(scope="module")

@@ -2,8 +2,10 @@
 
 A CPU decode step at small batches is bound by reading every weight once (docs/benchmarks.md): fewer
 bytes per weight is a faster step. The checkpoint's float weights are quantized here as they are loaded,
-and the C kernels (shard/kernels/cpu_gemv.c) dequantize them in registers; activations stay in the
-model's dtype.
+and the C kernels (shard/kernels/cpu_gemv.c) dequantize them in registers. Activations stay in the
+model's dtype, except in the row kernels (1-4 input rows: decode steps) on a CPU with AVX512-VNNI,
+which quantize each input row to int8 in blocks of 32 (`quantize_activations` is the reference) and
+multiply in integers, as llama.cpp does with its Q8_1 activations.
 
 - int8: symmetric, one float32 scale per output channel (weight row): w ~ scale[n] * q, q in [-127, 127].
   A row-parallel matrix (o_proj, down_proj under tensor parallelism) is split along its input dimension:
@@ -58,6 +60,18 @@ def quantize_int8(weight: torch.Tensor, row_absmax: torch.Tensor | None = None) 
 
 def dequantize_int8(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return q.float() * scale[:, None]
+
+
+def quantize_activations(x: torch.Tensor) -> torch.Tensor:
+    """The float32 values the int8-activation row kernels multiply instead of x [B, K]: each block of 32
+    along K as round(x * 127 / absmax) * absmax / 127 (the reference for the kernels, and for measuring
+    what it costs)."""
+    rows, k = x.shape
+    padded = F.pad(x.float(), (0, -k % GROUP)).reshape(rows, -1, GROUP)
+    amax = padded.abs().amax(dim=-1, keepdim=True)
+    inverse = torch.where(amax > 0, 127.0 / amax, torch.zeros_like(amax))
+    q = torch.round(padded * inverse)
+    return (q * (amax / 127.0)).reshape(rows, -1)[:, :k]
 
 
 def _levels(groups: torch.Tensor, d: torch.Tensor, m: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,9 @@ soname), so its threads are torch's threads.
 
 Without a compiler, or with TGI_PY_CPU_KERNELS=0, `load()` gives None and the model uses torch alone.
 TGI_PY_CPU_KERNELS=force uses them even on a CPU without AVX-512, where the portable build is slower
-than torch (for tests and comparisons).
+than torch (for tests and comparisons). Where the CPU has AVX512-VNNI the int8 / int4 row kernels (1-4
+input rows) quantize their input rows to int8 in blocks of 32 and multiply in integers (cpu_gemv.c);
+TGI_PY_INT8_ACTIVATIONS=0 keeps them in float32 (for comparisons).
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ HEADER = Path(__file__).with_name("bf16.h")  # included by both: part of the bui
 DISABLE_ENV = "TGI_PY_CPU_KERNELS"
 FEATURE_AVX512 = 1
 FEATURE_AVX512_BF16 = 2
+FEATURE_INT8_ACTIVATIONS = 8
+INT8_ACTIVATIONS_ENV = "TGI_PY_INT8_ACTIVATIONS"
 
 
 def cache_dir() -> Path:
@@ -104,6 +108,15 @@ class CpuKernels:
     @property
     def has_avx512(self) -> bool:
         return bool(self.features & FEATURE_AVX512)
+
+    @property
+    def int8_activations(self) -> bool:
+        """Whether this build's int8 / int4 row kernels quantize their 1-4 input rows to int8 (VNNI)."""
+        return bool(self.features & FEATURE_INT8_ACTIVATIONS)
+
+    def set_int8_activations(self, on: bool) -> None:
+        """Turns the int8-activation row kernels on or off (process-wide, for this library)."""
+        self.library.set_int8_activations(int(on))
 
     @property
     def preferred(self) -> bool:
@@ -288,6 +301,7 @@ def _open(path: Path) -> CpuKernels:
     _declare(library, "paged_attention", ptr, i64, ptr, ptr, ptr, i32, ptr, i32, i32, i32, i32, i32, f32, ptr, i32)
     _declare(library, "silu_mul", ptr, ptr, i32, i32, i32)
     _declare(library, "decode_layers", ctypes.POINTER(DecodeLayer), i32, ctypes.POINTER(DecodeStep), ptr, ptr)
+    _declare(library, "set_int8_activations", i32)
     library.kernel_features.restype = ctypes.c_int
     return CpuKernels(library, library.kernel_features())
 
@@ -314,6 +328,9 @@ def load() -> CpuKernels | None:
         detail = getattr(exc, "stderr", "") or str(exc)
         log.warning("building the CPU kernels failed, decoding uses torch alone: %s", detail.strip()[-2000:])
         return None
-    log.info("CPU kernels loaded (AVX-512: %s, AVX512-BF16: %s)", kernels.has_avx512,
-             bool(kernels.features & FEATURE_AVX512_BF16))
+    if kernels.int8_activations and os.environ.get(INT8_ACTIVATIONS_ENV) == "0":
+        kernels.set_int8_activations(False)
+        kernels = CpuKernels(kernels.library, kernels.features & ~FEATURE_INT8_ACTIVATIONS, kernels.forced)
+    log.info("CPU kernels loaded (AVX-512: %s, AVX512-BF16: %s, int8 activations: %s)", kernels.has_avx512,
+             bool(kernels.features & FEATURE_AVX512_BF16), kernels.int8_activations)
     return kernels

@@ -341,9 +341,9 @@ INLINE void q_store(void *p, int64_t i, float v, int bf16) {
   else ((float *)p)[i] = v;
 }
 
-/* Per-thread scratch (0: the input rows as float32, 1: a dequantized tile), grown as needed, kept. */
-static __thread char *scratch_buffer[2];
-static __thread size_t scratch_bytes[2];
+/* Per-thread scratch (0: the input rows as float32, 1: a dequantized tile, 2: quantized input rows), grown as needed, kept. */
+static __thread char *scratch_buffer[3];
+static __thread size_t scratch_bytes[3];
 static void *scratch(int which, size_t bytes) {
   if (bytes > scratch_bytes[which]) {
     free(scratch_buffer[which]);
@@ -488,6 +488,145 @@ INLINE void q4_row(const float *x, const uint8_t *w, int nb, int K, g32x16 part[
   }
 }
 
+/* ---- int8 activations (AVX512-VNNI): up to XB input rows -------------------------------------------------
+ *
+ * Dequantizing in registers costs ~7 vector operations per 32 int4 weights, so a one-row step read its
+ * int4 weights at half the bandwidth the machine gives. With VNNI a weight row meets the input rows as
+ * integers instead: each input row is quantized once per call to int8 in blocks of 32 (scale da =
+ * absmax / 127, as GGUF's Q8_1, so a block's scale is its own and a row's result does not depend on the
+ * rows beside it), and vpdpbusd multiplies 64 unsigned 8-bit weights by 64 signed 8-bit activations into
+ * 16 int32 sums in one operation. int4 (q in 0..15): sum_k (d q_k + m) da a_k = d da sum(q a) + m da sum(a),
+ * the second term a per-row dot product over groups. int8 (signed): the weights are biased by 128 (an
+ * exclusive or) to be unsigned, and 128 * da * sum(a) per block is taken off at the end. A partial group
+ * or block is padded with zero activations, so no scalar tail is left.
+ */
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
+#define INT8_ACTIVATIONS 1
+
+/* One quantized input row. Blocks are padded to a multiple of 16 (one vector of scales). int4 reads the
+ * activations split as its nibbles are (lo: each block's first 16 values, hi: its last 16); int8 reads
+ * them in order, with each block's scale repeated over the 8 int32 lanes its 32 products land in. */
+typedef struct {
+  int8_t *lo, *hi;   /* [blocks * 16] each (int4) */
+  int8_t *q;         /* [blocks * 32] (int8) */
+  float *da, *sa;    /* [blocks]: scale, scale * sum of the block's integers */
+  float *lanes;      /* [blocks * 8] (int8) */
+  float bias_sum;    /* 128 * sum of sa (int8's correction) */
+} QuantizedRow;
+
+/* Quantizes rows x [B, K] (float32) into this thread's scratch. */
+static void quantize_rows(const float *x, int B, int K, QuantizedRow rows[XB]) {
+  int blocks = ((K + Q4_GROUP - 1) / Q4_GROUP + 15) / 16 * 16;
+  size_t per_row = (size_t)blocks * (16 + 16 + 32 + 4 + 4 + 32);
+  char *base = scratch(2, per_row * (size_t)B);
+  for (int j = 0; j < B; j++) {
+    char *p = base + per_row * (size_t)j;
+    QuantizedRow *row = &rows[j];
+    row->lanes = (float *)p; p += (size_t)blocks * 32;
+    row->da = (float *)p; p += (size_t)blocks * 4;
+    row->sa = (float *)p; p += (size_t)blocks * 4;
+    row->q = (int8_t *)p; p += (size_t)blocks * 32;
+    row->lo = (int8_t *)p; p += (size_t)blocks * 16;
+    row->hi = (int8_t *)p;
+    const float *xj = x + (int64_t)j * K;
+    float bias_sum = 0.f;
+    for (int b = 0; b < blocks; b++) {
+      int k = b * Q4_GROUP, valid = K - k < 0 ? 0 : (K - k > 32 ? 32 : K - k);
+      __mmask16 m0 = valid >= 16 ? 0xffff : (__mmask16)((1u << valid) - 1);
+      __mmask16 m1 = valid <= 16 ? 0 : (valid >= 32 ? 0xffff : (__mmask16)((1u << (valid - 16)) - 1));
+      __m512 v0 = _mm512_maskz_loadu_ps(m0, xj + k), v1 = _mm512_maskz_loadu_ps(m1, xj + k + 16);
+      float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
+      float inv = amax > 0.f ? 127.f / amax : 0.f;
+      __m512i q0 = _mm512_cvtps_epi32(_mm512_mul_ps(v0, _mm512_set1_ps(inv)));
+      __m512i q1 = _mm512_cvtps_epi32(_mm512_mul_ps(v1, _mm512_set1_ps(inv)));
+      __m128i b0 = _mm512_cvtsepi32_epi8(q0), b1 = _mm512_cvtsepi32_epi8(q1);
+      _mm_storeu_si128((__m128i *)(row->lo + 16 * b), b0);
+      _mm_storeu_si128((__m128i *)(row->hi + 16 * b), b1);
+      _mm_storeu_si128((__m128i *)(row->q + 32 * b), b0);
+      _mm_storeu_si128((__m128i *)(row->q + 32 * b + 16), b1);
+      float da = amax / 127.f;
+      float sa = da * (float)_mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
+      row->da[b] = da;
+      row->sa[b] = sa;
+      _mm256_storeu_ps(row->lanes + 8 * b, _mm256_set1_ps(da));
+      bias_sum += sa;
+    }
+    row->bias_sum = 128.f * bias_sum;
+  }
+}
+
+INLINE __mmask64 first_bytes(int n) { return n >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << n) - 1); }
+
+/* An int4 row (see the layout above) against nb quantized input rows: four groups (64 bytes) a step. */
+INLINE void q4_row_int8(const QuantizedRow *xq, const uint8_t *w, int nb, int K, g32x16 part[XB][QCHUNK],
+                        float tail[XB][QCHUNK], int r) {
+  int G = (K + Q4_GROUP - 1) / Q4_GROUP;
+  const uint8_t *h = w + (int64_t)G * 16;
+  const __m512i low4 = _mm512_set1_epi8(0x0f);
+  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+  /* lane l of a four-group step belongs to group l / 4 */
+  const __m512i spread = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+  __m512 acc[XB][2];
+  for (int j = 0; j < nb; j++) acc[j][0] = acc[j][1] = _mm512_setzero_ps();
+  for (int g0 = 0; g0 < G; g0 += 16) {
+    int n16 = G - g0 < 16 ? G - g0 : 16; /* groups in this window, as (d, m) pairs: 2 * n16 halves */
+    __mmask16 k0 = 2 * n16 >= 16 ? 0xffff : (__mmask16)((1u << (2 * n16)) - 1);
+    __mmask16 k1 = 2 * n16 <= 16 ? 0 : (2 * n16 >= 32 ? 0xffff : (__mmask16)((1u << (2 * n16 - 16)) - 1));
+    __m512 p0 = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(k0, h + 4 * g0));
+    __m512 p1 = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(k1, h + 4 * g0 + 32));
+    __m512 d = _mm512_permutex2var_ps(p0, even, p1), m = _mm512_permutex2var_ps(p0, odd, p1);
+    __m512 sd[XB];
+    for (int j = 0; j < nb; j++) {
+      sd[j] = _mm512_mul_ps(d, _mm512_loadu_ps(xq[j].da + g0));
+      acc[j][1] = _mm512_fmadd_ps(m, _mm512_loadu_ps(xq[j].sa + g0), acc[j][1]);
+    }
+    for (int c = 0; c < n16; c += 4) {
+      int g = g0 + c;
+      const uint8_t *src = w + (int64_t)g * 16;
+      __m512i bytes = G - g >= 4 ? _mm512_loadu_si512(src) : _mm512_maskz_loadu_epi8(first_bytes(16 * (G - g)), src);
+      __m512i lo = _mm512_and_si512(bytes, low4), hi = _mm512_and_si512(_mm512_srli_epi16(bytes, 4), low4);
+      __m512i index = _mm512_add_epi32(spread, _mm512_set1_epi32(c));
+      for (int j = 0; j < nb; j++) {
+        __m512i t = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, _mm512_loadu_si512(xq[j].lo + 16 * g));
+        t = _mm512_dpbusd_epi32(t, hi, _mm512_loadu_si512(xq[j].hi + 16 * g));
+        acc[j][0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), _mm512_permutexvar_ps(index, sd[j]), acc[j][0]);
+      }
+    }
+  }
+  for (int j = 0; j < nb; j++) {
+    part[j][r] = (g32x16)_mm512_add_ps(acc[j][0], acc[j][1]);
+    tail[j][r] = 0.f;
+  }
+}
+
+/* An int8 row against nb quantized input rows: 64 weights a step, 8 int32 lanes per block of 32. */
+INLINE void q8_row_int8(const QuantizedRow *xq, const int8_t *w, int nb, int K, g32x16 part[XB][QCHUNK],
+                        float tail[XB][QCHUNK], int r) {
+  const __m512i flip = _mm512_set1_epi8((char)0x80);
+  __m512 acc[XB][2];
+  for (int j = 0; j < nb; j++) acc[j][0] = acc[j][1] = _mm512_setzero_ps();
+  int step = 0;
+  for (int k = 0; k < K; k += 64, step ^= 1) {
+    __m512i bytes = K - k >= 64 ? _mm512_loadu_si512(w + k) : _mm512_maskz_loadu_epi8(first_bytes(K - k), w + k);
+    __m512i u = _mm512_xor_si512(bytes, flip);
+    for (int j = 0; j < nb; j++) {
+      __m512i t = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u, _mm512_loadu_si512(xq[j].q + k));
+      acc[j][step] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), _mm512_loadu_ps(xq[j].lanes + k / 4), acc[j][step]);
+    }
+  }
+  for (int j = 0; j < nb; j++) {
+    part[j][r] = (g32x16)_mm512_add_ps(acc[j][0], acc[j][1]);
+    tail[j][r] = -xq[j].bias_sum;
+  }
+}
+#endif
+
+/* Whether the row kernels quantize their input rows to int8 (where the build has VNNI); set_int8_activations(0)
+ * keeps them in float32, for comparisons. */
+static int int8_activations = 1;
+void set_int8_activations(int on) { int8_activations = on; }
+
 /* y[j, c0 + r] = (sum of part[j][r] + tail[j][r]) * scale + bias for the chunk's rows. */
 static void finish_chunk(g32x16 part[XB][QCHUNK], float tail[XB][QCHUNK], int rows, int c0, int B, int N,
                          const float *scales, const void *bias, void *y, int bf16) {
@@ -597,6 +736,16 @@ void gemv_q8_team(const void *x, const int8_t *w, const float *scales, const voi
   if (B <= 0) return; /* no rows (a prompt chunk that wants no logits): every thread returns, no barrier */
   if (B <= XB) {
     const float *xf = rows_as_f32(x, (int64_t)B * K, bf16);
+#ifdef INT8_ACTIVATIONS
+    if (int8_activations) {
+      QuantizedRow xq[XB];
+      quantize_rows(xf, B, K, xq);
+#define Q8_CALL(NB) q8_row_int8(xq, w + (int64_t)n * K, NB, K, part, tail, r)
+      QROWS_CHUNKED(Q8_CALL, scales)
+#undef Q8_CALL
+      return;
+    }
+#endif
 #define Q8_CALL(NB) q8_row(xf, w + (int64_t)n * K, NB, K, part, tail, r)
     QROWS_CHUNKED(Q8_CALL, scales)
 #undef Q8_CALL
@@ -617,6 +766,16 @@ void gemv_q4_team(const void *x, const uint8_t *w, const void *bias, void *y, in
   int64_t stride = q4_row_bytes(K);
   if (B <= XB) {
     const float *xf = rows_as_f32(x, (int64_t)B * K, bf16);
+#ifdef INT8_ACTIVATIONS
+    if (int8_activations) {
+      QuantizedRow xq[XB];
+      quantize_rows(xf, B, K, xq);
+#define Q4_CALL(NB) q4_row_int8(xq, w + (int64_t)n * stride, NB, K, part, tail, r)
+      QROWS_CHUNKED(Q4_CALL, NULL)
+#undef Q4_CALL
+      return;
+    }
+#endif
 #define Q4_CALL(NB) q4_row(xf, w + (int64_t)n * stride, NB, K, part, tail, r)
     QROWS_CHUNKED(Q4_CALL, NULL)
 #undef Q4_CALL
@@ -642,7 +801,8 @@ void dequantize_q4(const uint8_t *w, void *out, int N, int K, int bf16) {
   for (int n = 0; n < N; n++) q4_tile(w, n, 1, K, (char *)out + (int64_t)n * K * (bf16 ? 2 : 4), bf16);
 }
 
-/* Which paths this build has, for logs and tests: bit 0 AVX-512F, bit 1 AVX512-BF16, bit 2 AVX2. */
+/* Which paths this build has, for logs and tests: bit 0 AVX-512F, bit 1 AVX512-BF16, bit 2 AVX2, bit 3 the
+ * int8-activation row kernels (AVX512-VNNI). */
 int kernel_features(void) {
   int f = 0;
 #ifdef __AVX512F__
@@ -653,6 +813,9 @@ int kernel_features(void) {
 #endif
 #ifdef __AVX2__
   f |= 4;
+#endif
+#ifdef INT8_ACTIVATIONS
+  f |= 8;
 #endif
   return f;
 }

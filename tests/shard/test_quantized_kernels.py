@@ -1,8 +1,9 @@
 """Weight-only int8 / int4 (shard/quantization.py) and their GEMV kernels (cpu_gemv.c) against torch.
 
 Each kernel is checked against F.linear over the dequantized weight, at every row count from 0 to 33
-(1-4: dequantized in registers; more: through the dequantized tile; past 4 and 32 the block edges), in
-the build for this CPU and in the portable one (-march=x86-64: the GCC-vector paths, no AVX-512).
+(1-4: dequantized in registers, or with VNNI multiplied as integers against int8-quantized input rows;
+more: through the dequantized tile; past 4 and 32 the block edges), in the build for this CPU and in the
+portable one (-march=x86-64: the GCC-vector paths, no AVX-512).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from shard.quantization import (
     check_row_parallel_split,
     dequantize_int4,
     dequantize_int8,
+    quantize_activations,
     quantize_int4,
     quantize_int8,
     unpack_int4,
@@ -55,6 +57,12 @@ def assert_close(got: torch.Tensor, want: torch.Tensor, dtype: torch.dtype) -> N
     assert diff <= steps * scale, f"max difference {diff} at scale {scale}"
 
 
+def assert_close_within(got: torch.Tensor, want: torch.Tensor, fraction: float) -> None:
+    scale = want.float().abs().max().item() or 1.0
+    diff = (got.float() - want.float()).abs().max().item()
+    assert diff <= fraction * scale, f"max difference {diff} at scale {scale}"
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n,k", SHAPES)
 @pytest.mark.parametrize("kind", ["int8", "int4"])
@@ -74,7 +82,16 @@ def test_quantized_linear_matches_torch_at_0_to_33_rows(kernels: cpu.CpuKernels,
         for b in (None, bias) if rows in (1, 5) else (bias,):
             got = kernels.linear_q8(x, q, scales, b) if kind == "int8" else kernels.linear_q4(x, q, b)
             assert got.shape == (rows, n) and got.dtype == dtype
-            assert_close(got, reference(x, dequantized, b), dtype)
+            if kernels.int8_activations and 1 <= rows <= 4:
+                # integer products: the float reference over the same int8-quantized activations ...
+                assert_close(got, reference(quantize_activations(x).to(dtype), dequantized, b)
+                             if dtype == torch.bfloat16 else
+                             F.linear(quantize_activations(x), dequantized, b), dtype)
+                # ... and within the activations' rounding (half a step of 1/127 of each block's max)
+                # of the product of the unquantized ones
+                assert_close_within(got, reference(x, dequantized, b), 0.02)
+            else:
+                assert_close(got, reference(x, dequantized, b), dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -7,7 +7,10 @@ Runs the shard engine in-process (as bench/engine_step.py does) on the embedded 
 
 - perplexity: exp of the mean negative log-likelihood of the tokens of bench/data/public_domain.txt
   (two book openings from before 1929), scored in windows of --window tokens (each window's first token
-  is context only), through the engine's prompt logprobs;
+  is context only), through the engine's prompt logprobs; with --step-rows N the windows are fed N tokens
+  a step (chunked prefill), so that N <= 4 scores every token through the kernels of decode steps (on a
+  CPU with AVX512-VNNI the quantized ones multiply int8-quantized activations there, see
+  shard/quantization.py) rather than through the prompt path's dequantized matmul;
 - greedy agreement with the first configuration (bf16, unquantized, by default) over a few chat prompts:
   `forced` is the share of positions where the configuration's greedy token equals the reference's when
   both are given the reference's tokens so far (each position judged on its own); `free` is the share of
@@ -35,7 +38,7 @@ PROMPTS = [
 CHATML = "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n"
 
 
-def build(model_dir: Path, dtype: str, quantize: str | None):
+def build(model_dir: Path, dtype: str, quantize: str | None, chunk_tokens: int = 4096):
     from shard import cli
     from shard.distributed import Distributed
     from shard.kernels import cpu
@@ -43,7 +46,7 @@ def build(model_dir: Path, dtype: str, quantize: str | None):
     os.environ[cpu.DISABLE_ENV] = "1"
     cpu.load.cache_clear()
     args = argparse.Namespace(model_dir=model_dir, dtype=dtype, kv_cache_bytes=1 << 30, block_size=16,
-                              trust_remote_code=False, prefill_chunk_tokens=4096, prefix_caching=False,
+                              trust_remote_code=False, prefill_chunk_tokens=chunk_tokens, prefix_caching=False,
                               quantize=quantize)
     return cli.build_engine(args, Distributed(rank=0, world_size=1, device=torch.device("cpu")))
 
@@ -58,6 +61,8 @@ def perplexity(engine, ids: list[int], window: int) -> tuple[float, int]:
             break
         result = engine.prefill(i + 1, [Request(id=i + 1, input_ids=chunk, max_new_tokens=1, prefill_logprobs=True,
                                                 ignore_eos_token=True)], None)
+        while not result.generations:  # chunked: the rest of the window, a chunk a step
+            result = engine.decode([i + 1])
         (generation,) = result.generations
         logprobs = generation.prefill_tokens.logprobs[1:]
         assert len(logprobs) == len(chunk) - 1 and not any(math.isnan(v) for v in logprobs)
@@ -96,6 +101,8 @@ def main() -> None:
     parser.add_argument("--quantize", default="none,int8,int4", help="comma-separated; the first is the reference")
     parser.add_argument("--window", type=int, default=512)
     parser.add_argument("--tokens", type=int, default=32, help="greedy tokens per prompt")
+    parser.add_argument("--step-rows", type=int, default=0,
+                        help="feed the perplexity windows this many tokens a step (0: a window a step)")
     args = parser.parse_args()
     if args.model_dir is None:
         from launcher.embedded import ensure_embedded_model
@@ -107,7 +114,8 @@ def main() -> None:
     tokenizer = Tokenizer.from_file(str(args.model_dir / "tokenizer.json"))
     text_ids = tokenizer.encode(TEXT.read_text()).ids
     prompts = [tokenizer.encode(CHATML.format(p)).ids for p in PROMPTS]
-    print(f"{TEXT.name}: {len(text_ids)} tokens in windows of {args.window}; {len(PROMPTS)} prompts x "
+    print(f"{TEXT.name}: {len(text_ids)} tokens in windows of {args.window}"
+          f"{f', {args.step_rows} a step' if args.step_rows else ''}; {len(PROMPTS)} prompts x "
           f"{args.tokens} greedy tokens; dtype {args.dtype}")
     print(f"{'quantize':8} {'MB':>7} {'perplexity':>10} {'vs first':>8} {'forced':>7} {'free':>7} {'s':>5}")
     reference: list[list[int]] | None = None
@@ -115,8 +123,14 @@ def main() -> None:
     for name in args.quantize.split(","):
         quantize = None if name == "none" else name
         start = time.perf_counter()
+        if args.step_rows:
+            chunked = build(args.model_dir, args.dtype, quantize, args.step_rows)
+            # a lone request's prompt is chunked only while others decode: here always
+            chunked.scheduler.chunk_budget = lambda others_waiting: args.step_rows
+            ppl, _ = perplexity(chunked, text_ids, args.window)
         engine = build(args.model_dir, args.dtype, quantize)
-        ppl, _ = perplexity(engine, text_ids, args.window)
+        if not args.step_rows:
+            ppl, _ = perplexity(engine, text_ids, args.window)
         outputs = [greedy(engine, p, args.tokens) for p in prompts]
         if reference is None:
             reference, base_ppl = outputs, ppl

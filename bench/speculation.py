@@ -22,12 +22,13 @@ from bench.apis import CHATML
 from bench.prompts import PROMPT_SETS, make_prompt_set
 
 
-def build(model_dir: Path, dtype: str, speculate: int):
+def build(model_dir: Path, dtype: str, speculate: int, quantize: str | None = None):
     from shard import cli
     from shard.distributed import Distributed
 
     args = argparse.Namespace(model_dir=model_dir, dtype=dtype, kv_cache_bytes=1 << 30, block_size=16,
-                              trust_remote_code=False, prefill_chunk_tokens=256, speculate=speculate)
+                              trust_remote_code=False, prefill_chunk_tokens=256, speculate=speculate,
+                              quantize=quantize)
     engine = cli.build_engine(args, Distributed(rank=0, world_size=1, device=torch.device("cpu")))
     engine.warmup(max_input_tokens=1024, max_prefill_tokens=1024)
     return engine
@@ -64,6 +65,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model-dir", type=Path, default=None, help="default: the embedded SmolLM2-135M")
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--speculate", default="0,4", help="comma-separated N values (0: off)")
+    parser.add_argument("--quantize", default=None, help="weight-only int8 or int4 (default: none)")
     parser.add_argument("--prompt-set", default="grounded", help=f"comma-separated, of {', '.join(PROMPT_SETS)}")
     parser.add_argument("--batch", default="1", help="comma-separated batch sizes")
     parser.add_argument("--prompt-tokens", type=int, default=256)
@@ -82,7 +84,7 @@ def main(argv: list[str] | None = None) -> None:
     tokenizer = Tokenizer.from_file(str(args.model_dir / "tokenizer.json"))
     speculates = [int(v) for v in args.speculate.split(",")]
     batches = [int(v) for v in args.batch.split(",")]
-    engines = {n: build(args.model_dir, args.dtype, n) for n in speculates}
+    engines = {n: build(args.model_dir, args.dtype, n, args.quantize) for n in speculates}
     if args.min_gain is not None:
         for engine in engines.values():
             engine.drafter.min_gain = args.min_gain

@@ -38,7 +38,8 @@ PROMPTS = [
 CHATML = "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n"
 
 
-def build(model_dir: Path, dtype: str, quantize: str | None, chunk_tokens: int = 4096):
+def build(model_dir: Path, dtype: str, quantize: str | None, chunk_tokens: int = 4096,
+          gguf_source: Path | None = None):
     from shard import cli
     from shard.distributed import Distributed
     from shard.kernels import cpu
@@ -47,7 +48,7 @@ def build(model_dir: Path, dtype: str, quantize: str | None, chunk_tokens: int =
     cpu.load.cache_clear()
     args = argparse.Namespace(model_dir=model_dir, dtype=dtype, kv_cache_bytes=1 << 30, block_size=16,
                               trust_remote_code=False, prefill_chunk_tokens=chunk_tokens, prefix_caching=False,
-                              quantize=quantize)
+                              quantize=quantize, gguf_source=gguf_source)
     return cli.build_engine(args, Distributed(rank=0, world_size=1, device=torch.device("cpu")))
 
 
@@ -98,7 +99,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model-dir", type=Path, default=None, help="default: the embedded SmolLM2 (converted)")
     parser.add_argument("--dtype", default="bfloat16")
-    parser.add_argument("--quantize", default="none,int8,int4", help="comma-separated; the first is the reference")
+    parser.add_argument("--quantize", default="none,int8,int4,int4-gguf",
+                        help="comma-separated; the first is the reference; int4-gguf: the embedded GGUF's own "
+                             "Q4_1 blocks")
     parser.add_argument("--window", type=int, default=512)
     parser.add_argument("--tokens", type=int, default=32, help="greedy tokens per prompt")
     parser.add_argument("--step-rows", type=int, default=0,
@@ -111,6 +114,8 @@ def main() -> None:
         args.model_dir = ensure_embedded_model(default_cache_dir()).path
     from tokenizers import Tokenizer
 
+    from launcher.embedded import embedded_gguf_path
+
     tokenizer = Tokenizer.from_file(str(args.model_dir / "tokenizer.json"))
     text_ids = tokenizer.encode(TEXT.read_text()).ids
     prompts = [tokenizer.encode(CHATML.format(p)).ids for p in PROMPTS]
@@ -121,14 +126,16 @@ def main() -> None:
     reference: list[list[int]] | None = None
     base_ppl = None
     for name in args.quantize.split(","):
-        quantize = None if name == "none" else name
+        # int4-gguf: the embedded GGUF's own Q4_1 blocks (shard/gguf_blocks.py) rather than quantized here
+        quantize = None if name == "none" else name.removesuffix("-gguf")
+        gguf = embedded_gguf_path() if name.endswith("-gguf") else None
         start = time.perf_counter()
         if args.step_rows:
-            chunked = build(args.model_dir, args.dtype, quantize, args.step_rows)
+            chunked = build(args.model_dir, args.dtype, quantize, args.step_rows, gguf)
             # a lone request's prompt is chunked only while others decode: here always
             chunked.scheduler.chunk_budget = lambda others_waiting: args.step_rows
             ppl, _ = perplexity(chunked, text_ids, args.window)
-        engine = build(args.model_dir, args.dtype, quantize)
+        engine = build(args.model_dir, args.dtype, quantize, gguf_source=gguf)
         if not args.step_rows:
             ppl, _ = perplexity(engine, text_ids, args.window)
         outputs = [greedy(engine, p, args.tokens) for p in prompts]

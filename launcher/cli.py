@@ -217,6 +217,7 @@ def main(**settings: Any) -> None:
         shard_extra_env={"PREFILL_CHUNK_TOKENS": str(settings["prefill_chunk_tokens"]),
                          "SPECULATE": str(settings["speculate"]),
                          "QUANTIZE": settings["quantize"] or "",
+                         "GGUF_SOURCE": str(model.gguf) if model.gguf is not None else "",
                          **({"SHARD_ADVERTISE_HOST": settings["shard_advertise_host"]}
                             if settings["shard_advertise_host"] else {})},
         nnodes=settings["nnodes"],

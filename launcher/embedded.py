@@ -57,7 +57,7 @@ def ensure_embedded_model(cache_dir: Path) -> ResolvedModel:
     target = cache_dir / CACHE_SUBDIR
     source = _source_description(gguf_path)
     if _is_complete(target, source):
-        return ResolvedModel(path=target, model_id=EMBEDDED_MODEL_ID)
+        return ResolvedModel(path=target, model_id=EMBEDDED_MODEL_ID, gguf=gguf_path)
 
     cache_dir.mkdir(parents=True, exist_ok=True)
     with _exclusive_lock(cache_dir / f"{CACHE_SUBDIR}.lock"):
@@ -65,7 +65,7 @@ def ensure_embedded_model(cache_dir: Path) -> ResolvedModel:
         if not _is_complete(target, source):
             _remove_leftovers(cache_dir, target)
             _convert_gguf(gguf_path, target, source)
-    return ResolvedModel(path=target, model_id=EMBEDDED_MODEL_ID)
+    return ResolvedModel(path=target, model_id=EMBEDDED_MODEL_ID, gguf=gguf_path)
 
 
 def _source_description(gguf_path: Path) -> dict[str, Any]:

@@ -22,6 +22,8 @@ class ResolvedModel:
     path: Path
     # Shown to clients (/info, /v1/models): the hub name rather than a cache path.
     model_id: str
+    # The GGUF `path` was converted from, where there is one: --quantize int4 takes its Q4_1 blocks as they are.
+    gguf: Path | None = None
 
 
 def missing_model_files(model_dir: Path) -> list[str]:

@@ -21,6 +21,7 @@ from shard.cpu_budget import cpu_budget
 from shard.detokenize import special_token_ids
 from shard.distributed import Distributed
 from shard.engine import Engine
+from shard.gguf_blocks import open_gguf_blocks
 from shard.model_runner import ModelRunner, PagedRunner
 from shard.models.auto import TransformersRunner
 from shard.models.config import LLAMA_FAMILY, ModelConfig, architecture_of, vocab_size_of
@@ -78,6 +79,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="n-gram speculation: up to N draft tokens per decoding request and step (0: off)")
     parser.add_argument("--quantize", default=os.environ.get("QUANTIZE") or None,
                         help="weight-only quantization at load: int8 (or eetq), int4 (default: QUANTIZE, else none)")
+    parser.add_argument("--gguf-source", type=Path, default=os.environ.get("GGUF_SOURCE") or None,
+                        help="the GGUF the model directory was converted from: with --quantize int4 its Q4_1 "
+                             "matrices are used as they are (default: GGUF_SOURCE; the launcher sets it for "
+                             "the embedded model)")
     parser.add_argument("--threads", type=_thread_count, default=None,
                         help="CPU threads (beats OMP_NUM_THREADS; default: the CPUs this process may use, "
                              "from its affinity mask and cgroup quota, divided among the node's shards)")
@@ -105,7 +110,14 @@ def build_engine(args: argparse.Namespace, dist: Distributed) -> Engine:
                          f"transformers path, which has no quantized weights (the Llama family has)")
     if architecture in LLAMA_FAMILY:
         weights = Weights(args.model_dir, DTYPES[args.dtype], dist.device, quantize)
-        model = LlamaModel(ModelConfig.load(args.model_dir), weights, dist)
+        config = ModelConfig.load(args.model_dir)
+        gguf_source = getattr(args, "gguf_source", None)
+        if quantize == "int4" and gguf_source is not None:
+            weights.gguf_blocks = open_gguf_blocks(gguf_source, config.num_heads, config.num_kv_heads)
+        model = LlamaModel(config, weights, dist)
+        if weights.gguf_blocks is not None:
+            log.info("int4: %d matrices taken as they are from %s's Q4_1 blocks, the rest quantized here",
+                     weights.gguf_blocks.matrices_used, gguf_source)
         runner = PagedRunner(model, dist, args.kv_cache_bytes, args.block_size,
                              getattr(args, "prefix_caching", True))
         weight_bytes = weights.bytes_loaded

@@ -165,11 +165,27 @@ class QuantizedLinear:
         else:
             self.weight, self.scales = quantize_int4(weight), None
         self.bias = bias
-        cpu = weight.device.type == "cpu" and self.dtype in (torch.float32, torch.bfloat16)
+        self._attach_kernels(weight.device)
+
+    @classmethod
+    def from_int4_rows(cls, rows: torch.Tensor, in_features: int, bias: torch.Tensor | None,
+                       dtype: torch.dtype) -> QuantizedLinear:
+        """An int4 layer of rows already quantized (`quantize_int4`'s layout: shard/gguf_blocks.py)."""
+        if rows.dtype != torch.uint8 or rows.shape[1] != -(-in_features // GROUP) * BLOCK_BYTES:
+            raise ValueError(f"int4 rows {tuple(rows.shape)} {rows.dtype} do not hold {in_features} inputs")
+        layer = cls.__new__(cls)
+        layer.kind, layer.dtype = "int4", dtype
+        layer.out_features, layer.in_features = rows.shape[0], in_features
+        layer.weight, layer.scales, layer.bias = rows.contiguous(), None, bias
+        layer._attach_kernels(rows.device)
+        return layer
+
+    def _attach_kernels(self, device: torch.device) -> None:
+        cpu = device.type == "cpu" and self.dtype in (torch.float32, torch.bfloat16)
         self.kernels = cpu_kernels.load() if cpu else None
         # Unlike the float kernels these are used without AVX-512 too: the alternative dequantizes the
         # whole matrix at every call.
-        self.kernel_max_rows = QUANTIZED_KERNEL_MAX_ROWS[kind] if self.kernels is not None else 0
+        self.kernel_max_rows = QUANTIZED_KERNEL_MAX_ROWS[self.kind] if self.kernels is not None else 0
 
     @property
     def nbytes(self) -> int:

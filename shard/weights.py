@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors import safe_open
+
+if TYPE_CHECKING:
+    from shard.gguf_blocks import GgufBlocks
 
 ALIGNMENT = 64  # bytes: a cache line, and an AVX-512 vector
 
@@ -17,6 +21,8 @@ class Weights:
         self.device = device
         # int8 / int4: the model quantizes its matrices as it loads them (shard/quantization.py)
         self.quantize = quantize
+        # int4: the Q4_1 blocks of the GGUF this checkpoint was converted from, where known
+        self.gguf_blocks: GgufBlocks | None = None
         self._file_of: dict[str, Path] = {}
         index = model_dir / "model.safetensors.index.json"
         if index.exists():

@@ -66,12 +66,10 @@ class DecoderLayer:
         q_rows = (part.q_heads[0] * hd, part.q_heads[1] * hd)
         kv_rows = (part.kv_heads[0] * hd, part.kv_heads[1] * hd)
         attn = f"{prefix}.self_attn"
+        self.quantize = getattr(weights, "quantize", None)
         # q, k and v fused into one matmul; gate and up likewise.
-        qkv = torch.cat([
-            weights.get_rows(f"{attn}.q_proj.weight", *q_rows),
-            weights.get_rows(f"{attn}.k_proj.weight", *kv_rows),
-            weights.get_rows(f"{attn}.v_proj.weight", *kv_rows),
-        ])
+        qkv_parts = [(f"{attn}.q_proj.weight", q_rows), (f"{attn}.k_proj.weight", kv_rows),
+                     (f"{attn}.v_proj.weight", kv_rows)]
         qkv_bias = None
         if config.attention_bias:
             qkv_bias = torch.cat([
@@ -79,21 +77,17 @@ class DecoderLayer:
                 weights.get_rows(f"{attn}.k_proj.bias", *kv_rows),
                 weights.get_rows(f"{attn}.v_proj.bias", *kv_rows),
             ])
-        self.quantize = getattr(weights, "quantize", None)
-        self.qkv = self._linear(weights, qkv, qkv_bias)
+        self.qkv = self._fused(weights, qkv_parts, qkv_bias, config.hidden_size)
         self.o_proj = self._row_parallel(weights, f"{attn}.o_proj", q_rows, config.num_heads * hd)
         mlp = f"{prefix}.mlp"
-        gate_up = torch.cat([
-            weights.get_rows(f"{mlp}.gate_proj.weight", *part.mlp),
-            weights.get_rows(f"{mlp}.up_proj.weight", *part.mlp),
-        ])
+        gate_up_parts = [(f"{mlp}.gate_proj.weight", part.mlp), (f"{mlp}.up_proj.weight", part.mlp)]
         gate_up_bias = None
         if config.mlp_bias:
             gate_up_bias = torch.cat([
                 weights.get_rows(f"{mlp}.gate_proj.bias", *part.mlp),
                 weights.get_rows(f"{mlp}.up_proj.bias", *part.mlp),
             ])
-        self.gate_up = self._linear(weights, gate_up, gate_up_bias)
+        self.gate_up = self._fused(weights, gate_up_parts, gate_up_bias, config.hidden_size)
         self.down = self._row_parallel(weights, f"{mlp}.down_proj", part.mlp, config.intermediate_size)
         self.input_norm = weights.get(f"{prefix}.input_layernorm.weight")
         self.post_norm = weights.get(f"{prefix}.post_attention_layernorm.weight")
@@ -105,11 +99,33 @@ class DecoderLayer:
             weights.bytes_loaded += layer.nbytes - weight.numel() * weight.element_size()
         return layer
 
+    def _fused(self, weights: Weights, parts: list[tuple[str, tuple[int, int]]], bias: torch.Tensor | None,
+               in_features: int) -> Linear | QuantizedLinear:
+        """This rank's rows of several matrices stacked into one (column parallel): under int4 the source
+        GGUF's own blocks where it has them (shard/gguf_blocks.py), else the checkpoint's weights."""
+        source = weights.gguf_blocks if self.quantize == "int4" else None
+        if source is not None:
+            blocks = [source.rows(name, *rows, in_features) for name, rows in parts]
+            if all(b is not None for b in blocks):
+                return self._int4_rows(weights, torch.cat(blocks), in_features, bias)
+        return self._linear(weights, torch.cat([weights.get_rows(name, *rows) for name, rows in parts]), bias)
+
+    def _int4_rows(self, weights: Weights, rows: torch.Tensor, in_features: int,
+                   bias: torch.Tensor | None) -> QuantizedLinear:
+        layer = QuantizedLinear.from_int4_rows(rows, in_features, bias, weights.dtype)
+        weights.bytes_loaded += layer.nbytes
+        return layer
+
     def _row_parallel(self, weights: Weights, name: str, columns: tuple[int, int],
                       total: int) -> Linear | QuantizedLinear:
         """A matrix split along its input dimension: this rank's columns, the bias on rank 0 only."""
         check_row_parallel_split(self.quantize, f"{name}.weight", *columns, total, self.dist.rank,
                                  self.dist.world_size)
+        source = weights.gguf_blocks if self.quantize == "int4" else None
+        blocks = source.columns(f"{name}.weight", *columns, total) if source is not None else None
+        if blocks is not None:
+            return self._int4_rows(weights, blocks, columns[1] - columns[0],
+                                   self._rank0_bias(weights, f"{name}.bias"))
         row_absmax = None
         if self.quantize == "int8" and self.dist.world_size > 1:
             row_absmax = weights.row_absmax(f"{name}.weight")  # the whole rows' scales on every rank

@@ -48,3 +48,18 @@ def test_an_unsupported_quantize_stops_the_launcher_before_anything_starts() -> 
                             timeout=60)
     assert result.returncode == 2
     assert "--quantize gptq" in result.stderr and "supported: int8" in result.stderr and "int4" in result.stderr
+
+
+def test_int4_on_two_shards_serves_the_embedded_ggufs_own_blocks() -> None:
+    """The launcher hands the shards the GGUF the embedded model comes from: --quantize int4 takes its Q4_1
+    matrices as they are (column and row slices on 2 ranks), and the model still knows its capitals."""
+    server = launch(None, "--num-shard", "2", "--quantize", "int4", "--max-input-tokens", "256",
+                    "--max-total-tokens", "512")
+    try:
+        prompt = "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"
+        response = server.post("/generate", {"inputs": prompt, "parameters": {"max_new_tokens": 16}})
+        assert response.status_code == 200, response.text
+        assert "Paris" in response.json()["generated_text"]
+        assert server.log().count("int4: 210 matrices taken as they are from") == 2, server.log()
+    finally:
+        assert server.stop() == 0, server.log()

@@ -5,6 +5,7 @@
 #    public-domain passage) at 1 stream, each request ending at its EOS (--ignore-eos off);
 # 2. the generic chat prompts at GENERIC_LEVELS streams (--output-tokens each, as bench/ab.sh runs them).
 # Each server's speculation counters (/metrics) are saved next to its results; bench.combine tabulates them.
+# QUANTIZE=int4 (or int8) serves both with --quantize.
 #   N=3 ROUNDS=2 bash bench/speculation.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,6 +18,7 @@ TOKENS=${TOKENS:-128}
 PROMPT=${PROMPT:-256}
 GENERIC_LEVELS=${GENERIC_LEVELS:-1,16}
 DTYPE=${DTYPE:-bfloat16}
+QUANTIZE=${QUANTIZE:-}
 PORT=3141
 mkdir -p "$OUT"
 pid=""
@@ -24,7 +26,7 @@ cleanup() { [ -n "$pid" ] && kill "$pid" 2>/dev/null; wait 2>/dev/null || true; 
 trap cleanup EXIT
 measure() {  # name speculate round
   .venv/bin/python -m launcher --port "$PORT" --shard-uds-path /tmp/spec-sock --master-port 29671 \
-      --dtype "$DTYPE" --speculate "$2" --max-concurrent-requests 64 --max-input-tokens 1024 \
+      --dtype "$DTYPE" --speculate "$2" ${QUANTIZE:+--quantize "$QUANTIZE"} --max-concurrent-requests 64 --max-input-tokens 1024 \
       --max-total-tokens 1536 > "$OUT/$1-$3.log" 2>&1 & pid=$!
   wait_up "http://127.0.0.1:$PORT/health"
   .venv/bin/python -m bench --target "$1-grounded=http://127.0.0.1:$PORT,api=tgi" --prompt-set grounded \

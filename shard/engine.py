@@ -23,7 +23,7 @@ from shard.postprocess import Postprocessor
 from shard.request_state import RequestState
 from shard.sampling import ChosenTokens, VerifiedTokens, choose_tokens, prompt_token_logprobs, verify_drafts
 from shard.scheduler import Scheduler, StepPlan
-from shard.speculation import Drafter
+from shard.speculation import MIN_GAIN, MIN_GAIN_QUANTIZED, Drafter
 from shard.types import CachedBatch, Request, StepResult
 
 log = logging.getLogger("shard")
@@ -51,7 +51,8 @@ class Engine:
             speculate = 0
         elif speculate:
             log.info("n-gram speculation: up to %d draft tokens per request and step", speculate)
-        self.drafter = Drafter(speculate, getattr(runner, "max_step_rows", 32),
+        min_gain = MIN_GAIN_QUANTIZED if getattr(runner, "quantized", False) else MIN_GAIN
+        self.drafter = Drafter(speculate, getattr(runner, "max_step_rows", 32), min_gain,
                                exact_step_rows=getattr(runner, "exact_step_rows", 0))
 
     @property

@@ -89,6 +89,11 @@ class PagedRunner:
         return one_call.max_rows if one_call is not None else DEFAULT_STEP_ROWS
 
     @property
+    def quantized(self) -> bool:
+        """Whether the weights are int8 / int4 (--quantize): an extra row costs more of a step there."""
+        return getattr(self.model, "quantize", None) is not None
+
+    @property
     def exact_step_rows(self) -> int:
         """Rows up to which a row's logits do not depend on how many rows share its step (0: no such
         bound known, e.g. torch's BLAS, whose blocking may change with the row count)."""

@@ -75,6 +75,12 @@ class NgramIndex:
 # so this errs on the safe side for larger batches: at 10 streams and more no draft qualifies (a
 # rate above 1 would be needed) and the step is what it would be without speculation.
 MIN_GAIN = 0.1
+# The same share where the weights are quantized (--quantize): their row kernels are bound by arithmetic
+# at one row (with VNNI each input row is its own integer products), so a row costs more. Steps of 1, 2,
+# 3 and 4 rows took, in ms (bench.engine_step, SmolLM2-135M, 2026-12-07, two runs): int4 4.9-5.5, 6.2-7.1,
+# 8.3-8.9, 8.8-9.4; bf16 8.9-10.6, 9.5-11.8, 10.6-13.8, 15.3-16.2. A row is ~25% of an int4 forward, and
+# ~18% of what a client waits per step (forward plus ~2 ms for the trip through gRPC and the router).
+MIN_GAIN_QUANTIZED = 0.2
 # Each step's counts weigh this much less per step after it: a request's rate follows its recent text.
 DECAY = 0.8
 # Before a request has verified anything its rate is this prior (1 kept, 1 rejected: one half).

@@ -16,6 +16,7 @@ from shard.kernels import cpu
 from shard.models.config import ModelConfig
 from shard.models.llama import LlamaModel
 from shard.quantization import QuantizedLinear
+from shard.speculation import MIN_GAIN, MIN_GAIN_QUANTIZED
 from shard.weights import Weights
 from tests.model_factory import build_llama
 from tests.shard.test_layers_in_one_call import fresh_kernel_choice, generate  # noqa: F401 (autouse fixture)
@@ -74,3 +75,13 @@ def test_the_shard_refuses_an_unsupported_quantize(capsys: pytest.CaptureFixture
     with pytest.raises(SystemExit):
         parse_args(["--model-dir", "x", "--quantize", "gptq"])
     assert "supported: int8" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("quantize", [None, "int4"])
+def test_speculation_drafts_more_sparingly_on_quantized_weights(model_dir: Path, quantize: str | None) -> None:
+    # a quantized verify row costs a larger share of a step: a draft must be likelier to be kept
+    args = argparse.Namespace(model_dir=model_dir, dtype="bfloat16", kv_cache_bytes=4 << 20, block_size=16,
+                              quantize=quantize, speculate=3)
+    drafter = build_engine(args, Distributed(0, 1, torch.device("cpu"))).drafter
+    assert drafter.min_gain == (MIN_GAIN_QUANTIZED if quantize else MIN_GAIN)
+    assert MIN_GAIN_QUANTIZED > MIN_GAIN

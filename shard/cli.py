@@ -113,7 +113,12 @@ def build_engine(args: argparse.Namespace, dist: Distributed) -> Engine:
         config = ModelConfig.load(args.model_dir)
         gguf_source = getattr(args, "gguf_source", None)
         if quantize == "int4" and gguf_source is not None:
-            weights.gguf_blocks = open_gguf_blocks(gguf_source, config.num_heads, config.num_kv_heads)
+            blocks = open_gguf_blocks(gguf_source, config.num_heads, config.num_kv_heads)
+            if blocks is not None and not blocks.matches(weights):
+                log.warning("--gguf-source %s does not hold this checkpoint's weights: int4 weights are "
+                            "quantized from the checkpoint", gguf_source)
+                blocks = None
+            weights.gguf_blocks = blocks
         model = LlamaModel(config, weights, dist)
         if weights.gguf_blocks is not None:
             log.info("int4: %d matrices taken as they are from %s's Q4_1 blocks, the rest quantized here",

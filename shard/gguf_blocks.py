@@ -9,7 +9,8 @@ the weights are llama.cpp's, bit for bit, and loading skips the least-squares re
 Only the byte order within a row changes (a row holds its groups' 16-byte nibble runs first, then their
 (d, m) pairs), and llama.cpp's converter permutes the rows of q_proj and k_proj for its rotary layout
 (each head's dimensions interleaved in pairs): their rows are put back in the checkpoint's order here.
-A matrix the GGUF does not hold as Q4_1 (or with another shape) is quantized from the checkpoint as before.
+A matrix the GGUF does not hold as Q4_1 (or with another shape) is quantized from the checkpoint as before,
+and a GGUF whose first q_proj is not the checkpoint's is not used at all.
 """
 
 from __future__ import annotations
@@ -17,10 +18,14 @@ from __future__ import annotations
 import logging
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
-from shard.quantization import BLOCK_BYTES, GROUP
+from shard.quantization import BLOCK_BYTES, GROUP, dequantize_int4
+
+if TYPE_CHECKING:
+    from shard.weights import Weights
 
 log = logging.getLogger("shard.gguf")
 
@@ -67,6 +72,19 @@ class GgufBlocks:
         self._heads = {"attn_q": num_heads, "attn_k": num_kv_heads}
         self.matrices_used = 0
 
+    def matches(self, weights: Weights) -> bool:
+        """Whether this GGUF's first q_proj is the checkpoint's, to bf16 rounding: the blocks of a GGUF of
+        another model (a stray GGUF_SOURCE) must not replace a checkpoint's weights."""
+        name = "model.layers.0.self_attn.q_proj.weight"
+        if not weights.has(name):
+            return False
+        reference = weights.peek(name)
+        rows = self._whole(name, reference.shape[1], count=False)
+        if rows is None or rows.shape[0] != reference.shape[0]:
+            return False
+        difference = (dequantize_int4(rows, reference.shape[1]) - reference).abs().max().item()
+        return difference <= 2 ** -7 * max(reference.abs().max().item(), 1e-6)
+
     def rows(self, name: str, start: int, end: int, in_features: int) -> torch.Tensor | None:
         """Rows [start, end) of checkpoint matrix `name` as int4 rows, or None where the GGUF has no Q4_1
         matrix of that shape for it."""
@@ -83,7 +101,7 @@ class GgufBlocks:
         nibbles, pairs = whole[:, : groups * 16], whole[:, groups * 16:]
         return torch.cat([nibbles[:, first * 16: last * 16], pairs[:, first * 4: last * 4]], dim=1).contiguous()
 
-    def _whole(self, name: str, in_features: int) -> torch.Tensor | None:
+    def _whole(self, name: str, in_features: int, count: bool = True) -> torch.Tensor | None:
         key = gguf_name(name)
         tensor = self._tensors.get(key) if key is not None else None
         if tensor is None or tensor.tensor_type.name != Q4_1 or int(tensor.shape[0]) != in_features:
@@ -93,7 +111,7 @@ class GgufBlocks:
         kind = key.split(".")[2]
         if kind in self._heads:
             rows = rows[unpermute_rows(rows.shape[0], self._heads[kind])]
-        self.matrices_used += 1
+        self.matrices_used += count
         return rows
 
 

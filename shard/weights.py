@@ -72,6 +72,10 @@ class Weights:
         # through the model's dtype, as the slices themselves are read
         return self._slice(name)[:].to(device=self.device, dtype=self.dtype).float().abs().amax(dim=1)
 
+    def peek(self, name: str) -> torch.Tensor:
+        """A whole tensor in float32, for a check (not counted as loaded, not kept)."""
+        return self._slice(name)[:].float()
+
     def get_cols(self, name: str, start: int, end: int) -> torch.Tensor:
         """Columns [start, end) of dimension 1, read without loading the rest."""
         return self._finish(self._slice(name)[:, start:end])

@@ -102,3 +102,12 @@ def test_the_int4_engine_holds_the_gguf_blocks(model_dir: Path) -> None:
                               for p, n in (("q", 576), ("k", 192), ("v", 192))])
     assert torch.equal(layer.qkv.weight, expected_qkv)
     assert torch.equal(layer.down.weight, source.rows("model.layers.5.mlp.down_proj.weight", 0, 576, 1536))
+
+
+def test_a_gguf_of_another_model_is_not_used(model_dir: Path, blocks: GgufBlocks, tmp_path: Path) -> None:
+    from tests.model_factory import build_llama
+
+    assert blocks.matches(Weights(model_dir, torch.bfloat16, torch.device("cpu")))
+    # the same names and q_proj shape (576 x 576), other weights: a stray GGUF_SOURCE must not replace them
+    other = build_llama(tmp_path / "other", num_attention_heads=9, num_key_value_heads=3, head_dim=64)
+    assert not blocks.matches(Weights(other, torch.bfloat16, torch.device("cpu")))

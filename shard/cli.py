@@ -21,7 +21,7 @@ from shard.cpu_budget import cpu_budget
 from shard.detokenize import special_token_ids
 from shard.distributed import Distributed
 from shard.engine import Engine
-from shard.gguf_blocks import open_gguf_blocks
+from shard.gguf_blocks import FIRST_MATRIX, open_gguf_blocks
 from shard.model_runner import ModelRunner, PagedRunner
 from shard.models.auto import TransformersRunner
 from shard.models.config import LLAMA_FAMILY, ModelConfig, architecture_of, vocab_size_of
@@ -114,7 +114,8 @@ def build_engine(args: argparse.Namespace, dist: Distributed) -> Engine:
         gguf_source = getattr(args, "gguf_source", None)
         if quantize == "int4" and gguf_source is not None:
             blocks = open_gguf_blocks(gguf_source, config.num_heads, config.num_kv_heads)
-            if blocks is not None and not blocks.matches(weights):
+            first = FIRST_MATRIX
+            if blocks is not None and not (weights.has(first) and blocks.matches(weights.peek(first))):
                 log.warning("--gguf-source %s does not hold this checkpoint's weights: int4 weights are "
                             "quantized from the checkpoint", gguf_source)
                 blocks = None

@@ -18,14 +18,10 @@ from __future__ import annotations
 import logging
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
 from shard.quantization import BLOCK_BYTES, GROUP, dequantize_int4
-
-if TYPE_CHECKING:
-    from shard.weights import Weights
 
 log = logging.getLogger("shard.gguf")
 
@@ -35,6 +31,8 @@ GGUF_NAMES = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_
               "mlp.down_proj": "ffn_down"}
 LAYER_WEIGHT = re.compile(r"model\.layers\.(\d+)\.(.+)\.weight")
 Q4_1 = "Q4_1"
+# The matrix compared with the checkpoint before any block is used (GgufBlocks.matches).
+FIRST_MATRIX = "model.layers.0.self_attn.q_proj.weight"
 
 
 def gguf_name(name: str) -> str | None:
@@ -72,14 +70,10 @@ class GgufBlocks:
         self._heads = {"attn_q": num_heads, "attn_k": num_kv_heads}
         self.matrices_used = 0
 
-    def matches(self, weights: Weights) -> bool:
-        """Whether this GGUF's first q_proj is the checkpoint's, to bf16 rounding: the blocks of a GGUF of
-        another model (a stray GGUF_SOURCE) must not replace a checkpoint's weights."""
-        name = "model.layers.0.self_attn.q_proj.weight"
-        if not weights.has(name):
-            return False
-        reference = weights.peek(name)
-        rows = self._whole(name, reference.shape[1], count=False)
+    def matches(self, reference: torch.Tensor) -> bool:
+        """Whether this GGUF's first q_proj is `reference` (the checkpoint's, in float32) to bf16 rounding:
+        the blocks of a GGUF of another model (a stray GGUF_SOURCE) must not replace a checkpoint's weights."""
+        rows = self._whole(FIRST_MATRIX, reference.shape[1], count=False)
         if rows is None or rows.shape[0] != reference.shape[0]:
             return False
         difference = (dequantize_int4(rows, reference.shape[1]) - reference).abs().max().item()

@@ -12,7 +12,7 @@ import torch
 
 from launcher.embedded import embedded_gguf_path, ensure_embedded_model
 from launcher.model_source import default_cache_dir
-from shard.gguf_blocks import GgufBlocks, gguf_name, repack_q4_1, unpermute_rows
+from shard.gguf_blocks import FIRST_MATRIX, GgufBlocks, gguf_name, repack_q4_1, unpermute_rows
 from shard.models.config import ModelConfig
 from shard.quantization import dequantize_int4, quantize_int4, unpack_int4
 from shard.weights import Weights
@@ -107,7 +107,8 @@ def test_the_int4_engine_holds_the_gguf_blocks(model_dir: Path) -> None:
 def test_a_gguf_of_another_model_is_not_used(model_dir: Path, blocks: GgufBlocks, tmp_path: Path) -> None:
     from tests.model_factory import build_llama
 
-    assert blocks.matches(Weights(model_dir, torch.bfloat16, torch.device("cpu")))
+    assert blocks.matches(Weights(model_dir, torch.bfloat16, torch.device("cpu")).peek(FIRST_MATRIX))
     # the same names and q_proj shape (576 x 576), other weights: a stray GGUF_SOURCE must not replace them
     other = build_llama(tmp_path / "other", num_attention_heads=9, num_key_value_heads=3, head_dim=64)
-    assert not blocks.matches(Weights(other, torch.bfloat16, torch.device("cpu")))
+    assert not blocks.matches(Weights(other, torch.bfloat16, torch.device("cpu")).peek(FIRST_MATRIX))
+    assert not blocks.matches(torch.zeros(576, 512))

@@ -714,8 +714,8 @@ static void q4_tile(const uint8_t *w, int n0, int rows, int K, void *tile, int b
   }
 
 /* Up to XB input rows: each thread streams its contiguous share of weight rows (GEMV_ROWS above), in
- * chunks of QCHUNK rows. */
-#define QROWS_CHUNKED(CALL, SCALES)                                        \
+ * chunks of QCHUNK rows; ROW is a row kernel, X its input rows, WROW weight row n. */
+#define QROWS_CHUNKED(ROW, X, WROW, SCALES)                                 \
   _Pragma("omp for schedule(static)")                                       \
   for (int c0 = 0; c0 < N; c0 += QCHUNK) {                                  \
     int rows = N - c0 < QCHUNK ? N - c0 : QCHUNK;                           \
@@ -723,32 +723,41 @@ static void q4_tile(const uint8_t *w, int n0, int rows, int K, void *tile, int b
     float tail[XB][QCHUNK];                                                 \
     for (int r = 0; r < rows; r++) {                                        \
       int n = c0 + r;                                                       \
-      if (B == 1) CALL(1);                                                  \
-      else if (B == 2) CALL(2);                                             \
-      else if (B == 3) CALL(3);                                             \
-      else CALL(4);                                                         \
+      if (B == 1) ROW(X, WROW, 1, K, part, tail, r);                        \
+      else if (B == 2) ROW(X, WROW, 2, K, part, tail, r);                   \
+      else if (B == 3) ROW(X, WROW, 3, K, part, tail, r);                   \
+      else ROW(X, WROW, 4, K, part, tail, r);                               \
     }                                                                       \
     finish_chunk(part, tail, rows, c0, B, N, SCALES, bias, y, bf16);        \
   }
+
+/* The input rows quantized to int8 for ROW_INT8 where the build has it and it is on, else as float32 for
+ * ROW_F32 (every thread takes the same branch: the worksharing loop is met by the whole team). */
+#ifdef INT8_ACTIVATIONS
+#define QROWS(ROW_INT8, ROW_F32, WROW, SCALES)                              \
+  {                                                                         \
+    const float *xf = rows_as_f32(x, (int64_t)B * K, bf16);                 \
+    if (int8_activations) {                                                 \
+      QuantizedRow xq[XB];                                                  \
+      quantize_rows(xf, B, K, xq);                                          \
+      QROWS_CHUNKED(ROW_INT8, xq, WROW, SCALES)                             \
+    } else {                                                                \
+      QROWS_CHUNKED(ROW_F32, xf, WROW, SCALES)                              \
+    }                                                                       \
+  }
+#else
+#define QROWS(ROW_INT8, ROW_F32, WROW, SCALES)                              \
+  {                                                                         \
+    const float *xf = rows_as_f32(x, (int64_t)B * K, bf16);                 \
+    QROWS_CHUNKED(ROW_F32, xf, WROW, SCALES)                                \
+  }
+#endif
 
 void gemv_q8_team(const void *x, const int8_t *w, const float *scales, const void *bias, void *y, int B, int N,
                   int K, int bf16) {
   if (B <= 0) return; /* no rows (a prompt chunk that wants no logits): every thread returns, no barrier */
   if (B <= XB) {
-    const float *xf = rows_as_f32(x, (int64_t)B * K, bf16);
-#ifdef INT8_ACTIVATIONS
-    if (int8_activations) {
-      QuantizedRow xq[XB];
-      quantize_rows(xf, B, K, xq);
-#define Q8_CALL(NB) q8_row_int8(xq, w + (int64_t)n * K, NB, K, part, tail, r)
-      QROWS_CHUNKED(Q8_CALL, scales)
-#undef Q8_CALL
-      return;
-    }
-#endif
-#define Q8_CALL(NB) q8_row(xf, w + (int64_t)n * K, NB, K, part, tail, r)
-    QROWS_CHUNKED(Q8_CALL, scales)
-#undef Q8_CALL
+    QROWS(q8_row_int8, q8_row, w + (int64_t)n * K, scales)
   } else if (bf16) {
     QTILE_BLOCKS(uint16_t, bf16_block, q8_tile(w, NULL, n0, rows, K, tile, 1), w + (int64_t)(n0 + ROWS) * K, scales)
   } else {
@@ -765,20 +774,7 @@ void gemv_q4_team(const void *x, const uint8_t *w, const void *bias, void *y, in
   if (B <= 0) return;
   int64_t stride = q4_row_bytes(K);
   if (B <= XB) {
-    const float *xf = rows_as_f32(x, (int64_t)B * K, bf16);
-#ifdef INT8_ACTIVATIONS
-    if (int8_activations) {
-      QuantizedRow xq[XB];
-      quantize_rows(xf, B, K, xq);
-#define Q4_CALL(NB) q4_row_int8(xq, w + (int64_t)n * stride, NB, K, part, tail, r)
-      QROWS_CHUNKED(Q4_CALL, NULL)
-#undef Q4_CALL
-      return;
-    }
-#endif
-#define Q4_CALL(NB) q4_row(xf, w + (int64_t)n * stride, NB, K, part, tail, r)
-    QROWS_CHUNKED(Q4_CALL, NULL)
-#undef Q4_CALL
+    QROWS(q4_row_int8, q4_row, w + (int64_t)n * stride, NULL)
   } else if (bf16) {
     QTILE_BLOCKS(uint16_t, bf16_block, q4_tile(w, n0, rows, K, tile, 1), w + (n0 + ROWS) * stride, NULL)
   } else {

@@ -114,8 +114,7 @@ def build_engine(args: argparse.Namespace, dist: Distributed) -> Engine:
         gguf_source = getattr(args, "gguf_source", None)
         if quantize == "int4" and gguf_source is not None:
             blocks = open_gguf_blocks(gguf_source, config.num_heads, config.num_kv_heads)
-            first = FIRST_MATRIX
-            if blocks is not None and not (weights.has(first) and blocks.matches(weights.peek(first))):
+            if blocks is not None and not (weights.has(FIRST_MATRIX) and blocks.matches(weights.peek(FIRST_MATRIX))):
                 log.warning("--gguf-source %s does not hold this checkpoint's weights: int4 weights are "
                             "quantized from the checkpoint", gguf_source)
                 blocks = None

@@ -73,7 +73,7 @@ class GgufBlocks:
     def matches(self, reference: torch.Tensor) -> bool:
         """Whether this GGUF's first q_proj is `reference` (the checkpoint's, in float32) to bf16 rounding:
         the blocks of a GGUF of another model (a stray GGUF_SOURCE) must not replace a checkpoint's weights."""
-        rows = self._whole(FIRST_MATRIX, reference.shape[1], count=False)
+        rows = self._whole(FIRST_MATRIX, reference.shape[1])
         if rows is None or rows.shape[0] != reference.shape[0]:
             return False
         difference = (dequantize_int4(rows, reference.shape[1]) - reference).abs().max().item()
@@ -83,19 +83,23 @@ class GgufBlocks:
         """Rows [start, end) of checkpoint matrix `name` as int4 rows, or None where the GGUF has no Q4_1
         matrix of that shape for it."""
         whole = self._whole(name, in_features)
-        return None if whole is None else whole[start:end].contiguous()
+        if whole is None:
+            return None
+        self.matrices_used += 1
+        return whole[start:end].contiguous()
 
     def columns(self, name: str, start: int, end: int, in_features: int) -> torch.Tensor | None:
         """Input columns [start, end) (on group boundaries, or the row's end) of every row, as int4 rows."""
         whole = self._whole(name, in_features)
         if whole is None:
             return None
+        self.matrices_used += 1
         groups = whole.shape[1] // BLOCK_BYTES
         first, last = start // GROUP, -(-end // GROUP)
         nibbles, pairs = whole[:, : groups * 16], whole[:, groups * 16:]
         return torch.cat([nibbles[:, first * 16: last * 16], pairs[:, first * 4: last * 4]], dim=1).contiguous()
 
-    def _whole(self, name: str, in_features: int, count: bool = True) -> torch.Tensor | None:
+    def _whole(self, name: str, in_features: int) -> torch.Tensor | None:
         key = gguf_name(name)
         tensor = self._tensors.get(key) if key is not None else None
         if tensor is None or tensor.tensor_type.name != Q4_1 or int(tensor.shape[0]) != in_features:
@@ -105,13 +109,10 @@ class GgufBlocks:
         kind = key.split(".")[2]
         if kind in self._heads:
             rows = rows[unpermute_rows(rows.shape[0], self._heads[kind])]
-        self.matrices_used += count
         return rows
 
 
-def open_gguf_blocks(path: Path | None, num_heads: int, num_kv_heads: int) -> GgufBlocks | None:
-    if path is None:
-        return None
+def open_gguf_blocks(path: Path, num_heads: int, num_kv_heads: int) -> GgufBlocks | None:
     if not path.is_file():
         log.warning("--gguf-source %s is not a file: int4 weights are quantized from the checkpoint", path)
         return None

@@ -21,7 +21,7 @@ class Weights:
         self.device = device
         # int8 / int4: the model quantizes its matrices as it loads them (shard/quantization.py)
         self.quantize = quantize
-        # int4: the Q4_1 blocks of the GGUF this checkpoint was converted from, where known
+        # the Q4_1 blocks of the GGUF this checkpoint was converted from: set under --quantize int4 only, where known
         self.gguf_blocks: GgufBlocks | None = None
         self._file_of: dict[str, Path] = {}
         index = model_dir / "model.safetensors.index.json"

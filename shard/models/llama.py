@@ -103,7 +103,7 @@ class DecoderLayer:
                in_features: int) -> Linear | QuantizedLinear:
         """This rank's rows of several matrices stacked into one (column parallel): under int4 the source
         GGUF's own blocks where it has them (shard/gguf_blocks.py), else the checkpoint's weights."""
-        source = weights.gguf_blocks if self.quantize == "int4" else None
+        source = weights.gguf_blocks
         if source is not None:
             blocks = [source.rows(name, *rows, in_features) for name, rows in parts]
             if all(b is not None for b in blocks):
@@ -121,7 +121,7 @@ class DecoderLayer:
         """A matrix split along its input dimension: this rank's columns, the bias on rank 0 only."""
         check_row_parallel_split(self.quantize, f"{name}.weight", *columns, total, self.dist.rank,
                                  self.dist.world_size)
-        source = weights.gguf_blocks if self.quantize == "int4" else None
+        source = weights.gguf_blocks
         blocks = source.columns(f"{name}.weight", *columns, total) if source is not None else None
         if blocks is not None:
             return self._int4_rows(weights, blocks, columns[1] - columns[0],

@@ -19,12 +19,7 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_engine_step_prints_each_path_and_batch_with_consistent_numbers(model_dir: Path) -> None:
-    out = subprocess.run(
-        [sys.executable, "-m", "bench.engine_step", "--model-dir", str(model_dir), "--batch", "1,3",
-         "--dtype", "float32,bfloat16", "--paths", "fused,layers,torch", "--steps", "3", "--prompt-tokens", "8",
-         "--membw-mb", "64"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300, check=True,
-    ).stdout
+    out = engine_step(model_dir, "--dtype", "float32,bfloat16", "--paths", "fused,layers,torch")
     lines = out.splitlines()
     assert lines[0].startswith("memory read bandwidth: ") and "over 64 MiB" in lines[0]
     rows = [line.split() for line in lines[2:]]
@@ -35,17 +30,21 @@ def test_engine_step_prints_each_path_and_batch_with_consistent_numbers(model_di
 
 
 def test_engine_step_runs_the_quantized_weights(model_dir: Path) -> None:
-    out = subprocess.run(
-        [sys.executable, "-m", "bench.engine_step", "--model-dir", str(model_dir), "--batch", "1,3",
-         "--dtype", "bfloat16", "--quantize", "none,int8,int4", "--steps", "3", "--prompt-tokens", "8",
-         "--membw-mb", "64"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300, check=True,
-    ).stdout
+    out = engine_step(model_dir, "--dtype", "bfloat16", "--quantize", "none,int8,int4")
     rows = [line.split() for line in out.splitlines()[2:]]
     assert [(r[1], r[3]) for r in rows] == [(q, b) for q in ("none", "int8", "int4") for b in ("1", "3")]
     step_mb = {r[1]: float(r[6]) for r in rows}
     assert step_mb["int4"] < step_mb["int8"] < step_mb["none"]
     check_numbers(rows)
+
+
+def engine_step(model_dir: Path, *args: str) -> str:
+    """bench.engine_step's output at batches 1 and 3, 3 steps of 8-token prompts, with `args`."""
+    return subprocess.run(
+        [sys.executable, "-m", "bench.engine_step", "--model-dir", str(model_dir), "--batch", "1,3", "--steps", "3",
+         "--prompt-tokens", "8", "--membw-mb", "64", *args],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, check=True,
+    ).stdout
 
 
 def check_numbers(rows: list[list[str]]) -> None:

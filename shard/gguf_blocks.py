@@ -116,4 +116,9 @@ def open_gguf_blocks(path: Path, num_heads: int, num_kv_heads: int) -> GgufBlock
     if not path.is_file():
         log.warning("--gguf-source %s is not a file: int4 weights are quantized from the checkpoint", path)
         return None
-    return GgufBlocks(path, num_heads, num_kv_heads)
+    try:
+        return GgufBlocks(path, num_heads, num_kv_heads)
+    except ValueError as exc:  # not a GGUF (gguf's reader checks the magic and the header)
+        log.warning("--gguf-source %s is not a readable GGUF (%s): int4 weights are quantized from the checkpoint",
+                    path, exc)
+        return None

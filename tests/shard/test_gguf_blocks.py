@@ -112,3 +112,13 @@ def test_a_gguf_of_another_model_is_not_used(model_dir: Path, blocks: GgufBlocks
     other = build_llama(tmp_path / "other", num_attention_heads=9, num_key_value_heads=3, head_dim=64)
     assert not blocks.matches(Weights(other, torch.bfloat16, torch.device("cpu")).peek(FIRST_MATRIX))
     assert not blocks.matches(torch.zeros(576, 512))
+
+
+def test_a_gguf_source_that_is_missing_or_no_gguf_is_not_used(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from shard.gguf_blocks import open_gguf_blocks
+
+    assert open_gguf_blocks(tmp_path / "absent.gguf", 9, 3) is None
+    junk = tmp_path / "junk.gguf"
+    junk.write_bytes(b"GGUF?" + bytes(200))
+    assert open_gguf_blocks(junk, 9, 3) is None
+    assert "is not a file" in caplog.text and "is not a readable GGUF" in caplog.text
